@@ -1,0 +1,1 @@
+"""Chat front ends (Telegram, Discord, terminal) and the `cumapp` command."""

@@ -1,0 +1,139 @@
+"""The composition root: builds settings, database, providers and services, then runs every part in one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from core.migrate import upgrade_to_head_async
+from core.scheduler import Scheduler
+from core.services import Services, build_services
+from core.settings import Settings
+from core.version import __version__
+from webhooks.server import RouteAdder, WebServer, create_app
+
+log = logging.getLogger("cumapp")
+
+
+class Component(Protocol):
+    """Something with a life: started in order, stopped in reverse order."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class _Named:
+    """Gives a plain start/stop object the name the shutdown log uses."""
+
+    name: str
+    inner: WebServer
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+
+@dataclass
+class Application:
+    """One CumApp process: the webhook server, the scheduler and each enabled front end."""
+
+    settings: Settings
+    console: bool | None = None  # None: the terminal chat runs when no chat token is set and stdin is a terminal
+    migrate: bool = True
+    services: Services | None = None
+    web: WebServer | None = None
+    scheduler: Scheduler | None = None
+    front_ends: list[Component] = field(default_factory=list)
+    _started: list[Component] = field(default_factory=list)
+
+    def _wants_console(self) -> bool:
+        if self.console is not None:
+            return self.console
+        no_tokens = not self.settings.telegram_bot_token and not self.settings.discord_bot_token
+        return no_tokens and sys.stdin is not None and sys.stdin.isatty()
+
+    def _build_front_ends(self, services: Services) -> tuple[list[Component], list[RouteAdder]]:
+        components: list[Component] = []
+        routes: list[RouteAdder] = []
+        return components, routes
+
+    def banner(self) -> str:
+        assert self.services is not None
+        plan = self.services.plan
+        fronts = ", ".join(c.name for c in self.front_ends) or "none (webhook server only)"
+        sandbox = "on" if plan.any_sandbox else "off"
+        host, port = self.settings.http_host, self.web.port if self.web else self.settings.http_port
+        return (
+            f"CumApp {__version__} started | front ends: {fronts} | providers: {plan.describe()} | "
+            f"sandbox: {sandbox} | webhook server: http://{host}:{port} | database: {self._safe_db_url()}"
+        )
+
+    def _safe_db_url(self) -> str:
+        url = self.settings.database_url
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+        return url
+
+    async def start(self) -> None:
+        if self.migrate:
+            await upgrade_to_head_async(self.settings.database_url)
+        self.services = services = build_services(self.settings)
+        self.scheduler = Scheduler(services.db)
+        self.front_ends, routes = self._build_front_ends(services)
+        self.web = WebServer(create_app(services, routes), self.settings.http_host, self.settings.http_port)
+        await self.web.start()
+        self._started.append(_Named("webhook server", self.web))
+        self.scheduler.start()
+        for component in self.front_ends:
+            await component.start()
+            self._started.append(component)
+        log.info(self.banner())
+
+    async def stop(self) -> None:
+        for component in reversed(self._started):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", getattr(component, "name", component))
+        self._started.clear()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.services is not None:
+            await self.services.close()
+
+    async def run_until_signalled(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            await self.start()
+            for component in self.front_ends:
+                done = getattr(component, "done", None)
+                if done is not None:
+                    # The terminal chat ends the app when its user quits.
+                    done.add_done_callback(lambda _f: stop.set())
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass

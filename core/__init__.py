@@ -1,0 +1,1 @@
+"""CumApp's service layer: accounts, ledger, verification, messaging, numbers, AI, outbox and stats."""

@@ -1,0 +1,1 @@
+"""Outside APIs, one module each, with a sandbox twin used when credentials are absent."""

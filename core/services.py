@@ -1,0 +1,40 @@
+"""The service container: everything a handler or webhook needs, built once by the composition root."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from core.db import Database
+from core.metrics import Metrics
+from core.sandbox import ProviderPlan, plan_providers, signup_bonus_cents
+from core.settings import Settings
+
+
+@dataclass
+class Services:
+    """Built once per process and handed down; nothing below imports it back upwards."""
+
+    settings: Settings
+    db: Database
+    plan: ProviderPlan
+    metrics: Metrics = field(default_factory=Metrics)
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    @property
+    def signup_bonus_cents(self) -> int:
+        return signup_bonus_cents(self.settings, self.plan)
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+def build_services(settings: Settings, db: Database | None = None) -> Services:
+    plan = plan_providers(settings)
+    services = Services(settings=settings, db=db or Database(settings.database_url), plan=plan)
+    services.metrics.up_since.set_to_current_time()
+    return services

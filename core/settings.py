@@ -1,0 +1,253 @@
+"""Application settings read from the environment and `.env`, with readable errors for bad values."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SandboxMode(StrEnum):
+    AUTO = "auto"
+    TRUE = "true"
+    FALSE = "false"
+
+
+class TelegramMode(StrEnum):
+    POLLING = "polling"
+    WEBHOOK = "webhook"
+
+
+class LogFormat(StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class TierLimits(BaseModel):
+    """What one tier allows; `markup_percent` is added on top of provider prices."""
+
+    verifications_per_day: int = Field(ge=0)
+    sms_per_day: int = Field(ge=0)
+    numbers_owned: int = Field(ge=0)
+    verifications_at_once: int = Field(ge=0)
+    markup_percent: int = Field(ge=0, le=1000)
+    ai_tokens_per_day: int = Field(ge=0)
+
+
+DEFAULT_TIERS: dict[str, TierLimits] = {
+    "free": TierLimits(
+        verifications_per_day=5, sms_per_day=20, numbers_owned=1, verifications_at_once=2,
+        markup_percent=30, ai_tokens_per_day=20_000,
+    ),
+    "pro": TierLimits(
+        verifications_per_day=50, sms_per_day=500, numbers_owned=5, verifications_at_once=5,
+        markup_percent=20, ai_tokens_per_day=200_000,
+    ),
+    "business": TierLimits(
+        verifications_per_day=500, sms_per_day=5_000, numbers_owned=50, verifications_at_once=20,
+        markup_percent=10, ai_tokens_per_day=2_000_000,
+    ),
+}
+TIER_NAMES: tuple[str, ...] = tuple(DEFAULT_TIERS)
+
+# Provider cost in cents per SMS segment by destination country, used to route each message through the
+# cheapest configured provider. "*" is the fallback for countries not listed.
+DEFAULT_SMS_COSTS: dict[str, dict[str, int]] = {
+    "twilio": {"US": 1, "CA": 1, "GB": 4, "DE": 8, "*": 6},
+    "vonage": {"US": 1, "CA": 1, "GB": 3, "DE": 7, "*": 5},
+    "sandbox": {"*": 1},
+}
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, int):
+        return [value]
+    return value
+
+
+CsvInts = Annotated[list[int], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting of CONTRACT.md plus a few of our own; field names are the environment names, lower-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False,
+        env_ignore_empty=True,
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./cumapp.db"
+    public_base_url: str = "http://localhost:8080"
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
+    http_max_body_bytes: int = Field(1_048_576, ge=1024)
+    sandbox: SandboxMode = SandboxMode.AUTO
+
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str = "https://api.telegram.org/bot"
+    telegram_mode: TelegramMode = TelegramMode.POLLING
+    telegram_webhook_secret: SecretStr | None = None
+
+    discord_bot_token: SecretStr | None = None
+    discord_guild_ids: CsvInts = []
+    discord_api_base_url: str | None = None
+
+    admin_telegram_ids: CsvInts = []
+    admin_discord_ids: CsvInts = []
+
+    textverified_api_key: SecretStr | None = None
+    textverified_api_username: str | None = None
+    textverified_base_url: str = "https://www.textverified.com"
+    textverified_webhook_secret: SecretStr | None = None
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_api_base_url: str | None = None
+
+    vonage_api_key: str | None = None
+    vonage_api_secret: SecretStr | None = None
+    vonage_signature_secret: SecretStr | None = None
+
+    groq_api_key: SecretStr | None = None
+    groq_model: str = "openai/gpt-oss-20b"
+    groq_base_url: str | None = None
+    groq_timeout_seconds: float = Field(3.0, gt=0, le=60)
+
+    verification_poll_seconds: int = Field(5, ge=1)
+    signup_bonus_cents: int | None = Field(None, ge=0)
+    stars_cents_per_star: int = Field(1, ge=1)
+    topup_star_amounts: CsvInts = [50, 250, 500, 1000]
+
+    tier_limits: dict[str, TierLimits] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    sms_costs: dict[str, dict[str, int]] = Field(default_factory=lambda: dict(DEFAULT_SMS_COSTS))
+    sandbox_sms_success_rate: float = Field(0.95, ge=0, le=1)
+    sandbox_code_delay_seconds: float = Field(2.0, ge=0, le=60)
+
+    command_rate_limit: int = Field(30, ge=1)
+    command_rate_window_seconds: int = Field(10, ge=1)
+
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.CONSOLE
+
+    @field_validator(
+        "discord_guild_ids", "admin_telegram_ids", "admin_discord_ids", "topup_star_amounts", mode="before"
+    )
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        text = str(value).upper()
+        if text not in LOG_LEVELS:
+            raise ValueError(f"allowed: {', '.join(LOG_LEVELS)}")
+        return text
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value.startswith("postgres://") or value.startswith("postgresql://"):
+            # Operators paste libpq URLs; the async driver is the only one we ship.
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not (value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")):
+            raise ValueError("allowed: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
+        return value
+
+    @field_validator("public_base_url", "telegram_api_base_url", "textverified_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("allowed: an http:// or https:// URL")
+        return value.rstrip("/") if not value.endswith("/bot") else value
+
+    @field_validator("discord_api_base_url", "twilio_api_base_url", "groq_base_url")
+    @classmethod
+    def _optional_http_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("allowed: an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("tier_limits", mode="before")
+    @classmethod
+    def _tiers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value)
+        merged: dict[str, Any] = {name: limits.model_dump() for name, limits in DEFAULT_TIERS.items()}
+        for name, override in (value or {}).items():
+            if name not in merged:
+                raise ValueError(f"unknown tier {name!r}; allowed: {', '.join(TIER_NAMES)}")
+            merged[name] = {**merged[name], **(override.model_dump() if isinstance(override, TierLimits) else override)}
+        return merged
+
+    @model_validator(mode="after")
+    def _webhook_mode_needs_secret(self) -> Settings:
+        if self.telegram_mode is TelegramMode.WEBHOOK and self.telegram_bot_token and not self.telegram_webhook_secret:
+            raise ValueError("TELEGRAM_WEBHOOK_SECRET is required when TELEGRAM_MODE=webhook")
+        return self
+
+    # --- derived facts -------------------------------------------------------------------------------------
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def verification_configured(self) -> bool:
+        return bool(self.textverified_api_key and self.textverified_api_username)
+
+    def twilio_configured(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    def vonage_configured(self) -> bool:
+        return bool(self.vonage_api_key and self.vonage_api_secret)
+
+    def ai_configured(self) -> bool:
+        return bool(self.groq_api_key)
+
+
+class SettingsError(Exception):
+    """Raised with one readable line per bad variable; the CLI prints them and exits with code 2."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+_SECRET_FIELDS = {name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)}
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """Turn pydantic's error list into `NAME='value': what is allowed` lines, secrets masked."""
+    lines: list[str] = []
+    for item in error.errors():
+        loc = item.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        name = field.upper() if field else "settings"
+        value = item.get("input")
+        if field in _SECRET_FIELDS:
+            shown = "'***'"
+        elif isinstance(value, dict | list) or value is None or not loc:
+            shown = ""
+        else:
+            shown = repr(value)
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        lines.append(f"{name}={shown}: {message}" if shown else f"{name}: {message}")
+    return lines
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, raising SettingsError (never a traceback) for bad values."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+    except json.JSONDecodeError as error:
+        raise SettingsError([f"settings: invalid JSON ({error})"]) from None

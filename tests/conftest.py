@@ -1,0 +1,100 @@
+"""Shared fixtures: a fresh database per test on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from core.db import Database
+from core.models import Base
+from core.services import Services, build_services
+from core.settings import Settings
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+PG_MISSING = "PostgreSQL tests need TEST_DATABASE_URL (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/postgres)"
+
+# Settings must never come from a developer's .env or shell during tests.
+for _name in list(os.environ):
+    if _name.split("_", 1)[0] in {"TELEGRAM", "DISCORD", "TEXTVERIFIED", "TWILIO", "VONAGE", "GROQ", "SANDBOX"}:
+        del os.environ[_name]
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin(url: str, statement: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database created for this test run and dropped at its end."""
+    if not TEST_DATABASE_URL:
+        pytest.skip(PG_MISSING)
+    name = f"cumapp_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(TEST_DATABASE_URL, f'CREATE DATABASE "{name}"'))
+    url = _with_database(TEST_DATABASE_URL, name)
+
+    async def create_schema() -> None:
+        engine = create_async_engine(url)
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        await engine.dispose()
+
+    asyncio.run(create_schema())
+    yield url
+    asyncio.run(_admin(TEST_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _truncate_all(db: Database) -> None:
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    async with db.engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty schema: a new SQLite file, or the run's PostgreSQL database emptied."""
+    if request.param == "sqlite":
+        if request.node.get_closest_marker("postgres_only"):
+            pytest.skip("needs PostgreSQL row locks; SQLite serialises writers instead")
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    if database.is_sqlite:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+    else:
+        await _truncate_all(database)
+    yield database
+    await database.dispose()
+
+
+def make_settings(db_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {"database_url": db_url, "sandbox": "true", "http_port": 0}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def services(db: Database) -> AsyncIterator[Services]:
+    built = build_services(make_settings(db.url), db=db)
+    yield built

@@ -1,0 +1,1 @@
+"""Small local HTTP servers that speak the providers' real wire formats."""

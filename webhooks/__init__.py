@@ -1,0 +1,1 @@
+"""The aiohttp server: provider webhooks in, health, readiness and metrics out."""

@@ -7,9 +7,12 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from core.alerts import alert_admins
+from core.i18n import escape
 from core.migrate import upgrade_to_head_async
+from core.outbox import OutboxDispatcher
 from core.scheduler import Scheduler
 from core.services import Services, build_services
 from core.settings import Settings
@@ -34,7 +37,7 @@ class _Named:
     """Gives a plain start/stop object the name the shutdown log uses."""
 
     name: str
-    inner: WebServer
+    inner: Any
 
     async def start(self) -> None:
         await self.inner.start()
@@ -62,10 +65,25 @@ class Application:
         no_tokens = not self.settings.telegram_bot_token and not self.settings.discord_bot_token
         return no_tokens and sys.stdin is not None and sys.stdin.isatty()
 
-    def _build_front_ends(self, services: Services) -> tuple[list[Component], list[RouteAdder]]:
+    def _build_front_ends(self, services: Services) -> tuple[list[Component], list[RouteAdder], dict[str, Any]]:
+        """Each enabled chat front end, the web routes it owns and the outbox sender it registers."""
         components: list[Component] = []
         routes: list[RouteAdder] = []
-        return components, routes
+        senders: dict[str, Any] = {}
+        if self.settings.telegram_bot_token:
+            from bot.telegram import TelegramFrontEnd
+
+            telegram = TelegramFrontEnd(services)
+            components.append(telegram)
+            routes.append(telegram.add_routes)
+            senders["telegram"] = telegram.sender
+        if self._wants_console():
+            from bot.console import ConsoleFrontEnd
+
+            console = ConsoleFrontEnd(services)
+            components.append(console)
+            senders["console"] = console.sender
+        return components, routes, senders
 
     def banner(self) -> str:
         assert self.services is not None
@@ -91,25 +109,44 @@ class Application:
             await upgrade_to_head_async(self.settings.database_url)
         self.services = services = build_services(self.settings)
         self.scheduler = Scheduler(services.db)
-        self.front_ends, routes = self._build_front_ends(services)
+        self.front_ends, routes, senders = self._build_front_ends(services)
+        dispatcher = OutboxDispatcher(
+            services.db, senders, metrics=services.metrics, on_parked=self._delivery_parked
+        )
+        services.outbox = dispatcher
         self.web = WebServer(create_app(services, routes), self.settings.http_host, self.settings.http_port)
         await self.web.start()
         self._started.append(_Named("webhook server", self.web))
-        self.scheduler.start()
         for component in self.front_ends:
             await component.start()
             self._started.append(component)
+        # Last to start, first to stop: the dispatcher needs the front ends' senders.
+        await dispatcher.start()
+        self._started.append(_Named("outbox dispatcher", dispatcher))
+        self.scheduler.start()
         log.info(self.banner())
 
+    async def _delivery_parked(self, delivery: Any) -> None:
+        """A chat message could not be delivered after every retry: admins hear about it once per chat."""
+        assert self.services is not None
+        if delivery.kind == "alert":
+            return  # an undeliverable alert must not raise another alert
+        async with self.services.db.transaction() as session:
+            await alert_admins(
+                session, self.settings, kind="delivery parked", key=f"{delivery.platform}:{delivery.chat_id}",
+                text=escape(f"{delivery.kind} to {delivery.platform} chat {delivery.chat_id}: {delivery.last_error}"),
+            )
+
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
         for component in reversed(self._started):
             try:
                 await component.stop()
             except Exception:
                 log.exception("stopping %s failed", getattr(component, "name", component))
         self._started.clear()
-        if self.scheduler is not None:
-            await self.scheduler.stop()
         if self.services is not None:
             await self.services.close()
 

@@ -39,5 +39,6 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries that log every HTTP request at INFO would drown our own lines.
-    for noisy in ("httpx", "httpcore", "aiohttp.access", "apscheduler", "telegram.ext.Updater", "discord", "alembic.runtime.plugins"):
+    for noisy in ("httpx", "httpcore", "aiohttp.access", "apscheduler", "telegram.ext.Updater", "discord", "alembic.runtime.plugins",
+                   "twilio.http_client", "twilio.async_http_client"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.db import Database
 from core.metrics import Metrics
@@ -20,6 +22,14 @@ class Services:
     plan: ProviderPlan
     metrics: Metrics = field(default_factory=Metrics)
     started_monotonic: float = field(default_factory=time.monotonic)
+    # Domain services, built by the composition root (bot/app.py) from the provider plan. Typed loosely here so
+    # this container stays importable by every layer; each module documents its own service class.
+    verification: Any = None  # core.verification.VerificationService
+    messaging: Any = None  # core.messaging.MessagingService
+    ai: Any = None  # core.ai.AiAssistant
+    outbox: Any = None  # core.outbox.OutboxDispatcher
+    # Set by the Telegram front end at start-up: asks Telegram to refund a Stars charge (user id, charge id).
+    stars_refunder: Callable[[str, str], Awaitable[None]] | None = None
 
     @property
     def signup_bonus_cents(self) -> int:

@@ -1,0 +1,17 @@
+"""Imports every flow module once so their commands and buttons are registered with the router."""
+
+from __future__ import annotations
+
+import importlib
+
+FLOW_MODULES = (
+    "bot.handlers.menu",
+    "bot.handlers.account",
+    "bot.handlers.topup",
+    "bot.handlers.admin",
+)
+
+
+def load_flows() -> None:
+    for name in FLOW_MODULES:
+        importlib.import_module(name)

@@ -1,0 +1,450 @@
+"""The Telegram front end: turns updates into handler calls and renders Screens; polling or webhook mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import web
+from telegram import (
+    BotCommand,
+    BotCommandScopeChat,
+    BotCommandScopeDefault,
+    CopyTextButton,
+    ForceReply,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LabeledPrice,
+    Message,
+    Update,
+)
+from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    PreCheckoutQueryHandler,
+    filters,
+)
+
+from bot.handlers import router, topup
+from bot.handlers.registry import load_flows
+from bot.handlers.screens import Button, Screen, SentRef
+from core.accounts import Contact
+from core.i18n import t
+from core.outbox import DeliveryError, OutgoingMessage
+from core.services import Services
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+MAX_TEXT = 4096
+WEBHOOK_PATH = "/webhooks/telegram"
+SLOW_ANSWER_SECONDS = 0.8  # after this, a button press is answered empty and the work goes on
+
+
+def keyboard(rows: list[list[Button]]) -> InlineKeyboardMarkup | None:
+    """Inline buttons: callback data, links or copy-to-clipboard."""
+    if not rows:
+        return None
+    markup: list[list[InlineKeyboardButton]] = []
+    for row in rows:
+        line = []
+        for button in row:
+            if button.url:
+                line.append(InlineKeyboardButton(button.label, url=button.url))
+            elif button.copy_text:
+                line.append(InlineKeyboardButton(button.label, copy_text=CopyTextButton(button.copy_text[:256])))
+            else:
+                line.append(InlineKeyboardButton(button.label, callback_data=button.action or "noop"))
+        if line:
+            markup.append(line)
+    return InlineKeyboardMarkup(markup) if markup else None
+
+
+def split_html(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Split long HTML at line breaks, never inside a tag or an entity, closing and reopening open tags."""
+    if len(text) <= limit:
+        return [text]
+    import re
+
+    parts: list[str] = []
+    tokens = re.split(r"(<[^>]+>|&[#a-zA-Z0-9]+;|\n)", text)
+    current, open_tags = "", []  # type: ignore[var-annotated]
+    for token in tokens:
+        if not token:
+            continue
+        reopen = "".join(f"<{tag}>" for tag in open_tags)
+        closing = "".join(f"</{tag.split()[0]}>" for tag in reversed(open_tags))
+        if len(current) + len(token) + len(closing) > limit and current:
+            parts.append(current + closing)
+            current = reopen
+        while len(token) > limit - len(current) - len(closing) - 1 and not token.startswith(("<", "&")):
+            room = max(1, limit - len(current) - len(closing) - 1)
+            parts.append(current + token[:room] + closing)
+            current, token = reopen, token[room:]
+        current += token
+        if token.startswith("</"):
+            name = token[2:-1].strip()
+            for index in range(len(open_tags) - 1, -1, -1):
+                if open_tags[index].split()[0] == name:
+                    del open_tags[index]
+                    break
+        elif token.startswith("<") and not token.endswith("/>"):
+            open_tags.append(token[1:-1])
+    if current.strip():
+        parts.append(current)
+    return parts
+
+
+def contact_of(update: Update) -> Contact:
+    user = update.effective_user
+    chat = update.effective_chat
+    assert user is not None
+    return Contact(
+        platform=PLATFORM,
+        platform_user_id=str(user.id),
+        chat_id=str(chat.id) if chat is not None and chat.type == ChatType.PRIVATE else None,
+        username=user.username,
+        display_name=user.full_name,
+        language_code=user.language_code,
+    )
+
+
+class TelegramSender:
+    """The outbox's way into Telegram: HTML messages with buttons; errors mapped to retry, park or blocked."""
+
+    platform = PLATFORM
+
+    def __init__(self, application: Application) -> None:  # type: ignore[type-arg]
+        self.application = application
+
+    async def send(self, chat_id: str, message: OutgoingMessage) -> str:
+        bot = self.application.bot
+        rows = [
+            [Button(b.label, action=b.action, url=b.url, copy_text=b.copy_text) for b in row] for row in message.buttons
+        ]
+        try:
+            edit_id = getattr(message, "edit_message_id", None)
+            if edit_id:
+                try:
+                    await bot.edit_message_text(
+                        chat_id=int(chat_id), message_id=int(edit_id), text=message.text, parse_mode=ParseMode.HTML,
+                        reply_markup=keyboard(rows), disable_web_page_preview=message.disable_preview,
+                    )
+                except BadRequest as error:
+                    if "not modified" not in str(error).lower():
+                        raise
+                return str(edit_id)
+            chunks = split_html(message.text)
+            sent: Message | None = None
+            for index, chunk in enumerate(chunks):
+                sent = await bot.send_message(
+                    chat_id=int(chat_id), text=chunk, parse_mode=ParseMode.HTML,
+                    reply_markup=keyboard(rows) if index == len(chunks) - 1 else None,
+                    disable_web_page_preview=message.disable_preview,
+                    api_kwargs={"allow_paid_broadcast": True} if message.paid_broadcast else None,
+                )
+            assert sent is not None
+            return str(sent.message_id)
+        except RetryAfter as error:
+            retry = error.retry_after
+            seconds = retry.total_seconds() if hasattr(retry, "total_seconds") else float(retry)
+            raise DeliveryError(f"flood control: retry after {seconds}s", retry_after=seconds) from None
+        except Forbidden as error:
+            raise DeliveryError(str(error), blocked=True) from None
+        except BadRequest as error:
+            text = str(error).lower()
+            blocked = "chat not found" in text or "user is deactivated" in text
+            raise DeliveryError(str(error), permanent=True, blocked=blocked) from None
+        except (TimedOut, NetworkError) as error:
+            raise DeliveryError(f"network: {error}") from None
+
+
+class TelegramFrontEnd:
+    """python-telegram-bot's Application, fed by long polling or by our aiohttp webhook route."""
+
+    name = "telegram"
+
+    def __init__(self, services: Services) -> None:
+        load_flows()
+        self.services = services
+        settings = services.settings
+        assert settings.telegram_bot_token is not None
+        self.webhook_mode = settings.telegram_mode.value == "webhook"
+        builder = (
+            ApplicationBuilder()
+            .token(settings.telegram_bot_token.get_secret_value())
+            .base_url(settings.telegram_api_base_url)
+            .base_file_url(settings.telegram_api_base_url.replace("/bot", "/file/bot"))
+            .rate_limiter(AIORateLimiter(max_retries=3))
+            .concurrent_updates(64)
+        )
+        if self.webhook_mode:
+            builder = builder.updater(None)
+        self.application: Application = builder.build()  # type: ignore[type-arg]
+        self.sender = TelegramSender(self.application)
+        self._register()
+
+    # --- wiring ------------------------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.application
+        app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
+        app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self._on_payment))
+        app.add_handler(MessageHandler(filters.COMMAND, self._on_command))
+        app.add_handler(CallbackQueryHandler(self._on_button))
+        app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_error_handler(self._on_error)
+
+    def add_routes(self, web_app: web.Application) -> None:
+        """Our aiohttp server serves the webhook route (no second web server)."""
+        if self.webhook_mode:
+            web_app.router.add_post(WEBHOOK_PATH, self._webhook)
+
+    async def start(self) -> None:
+        app = self.application
+        await app.initialize()
+        self.services.stars_refunder = self._refund_stars
+        await self._set_commands()
+        await app.start()
+        settings = self.services.settings
+        if self.webhook_mode:
+            assert settings.telegram_webhook_secret is not None
+            await app.bot.set_webhook(
+                url=f"{settings.public_base_url}{WEBHOOK_PATH}",
+                secret_token=settings.telegram_webhook_secret.get_secret_value(),
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            assert app.updater is not None
+            await app.updater.start_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+
+    async def stop(self) -> None:
+        app = self.application
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()
+        await app.shutdown()
+
+    async def _set_commands(self) -> None:
+        """The command menu: the user list for everyone, the admin list in each admin's chat."""
+        bot = self.application.bot
+        users = [BotCommand(s.name, _plain(t("en", s.help_key))[:256]) for s in router.user_commands()]
+        admins = users + [BotCommand(s.name, _plain(t("en", s.help_key))[:256]) for s in router.admin_commands()]
+        try:
+            await bot.set_my_commands(users, scope=BotCommandScopeDefault())
+            for lang in ("es",):
+                localized = [BotCommand(s.name, _plain(t(lang, s.help_key))[:256]) for s in router.user_commands()]
+                await bot.set_my_commands(localized, scope=BotCommandScopeDefault(), language_code=lang)
+            for admin_id in self.services.settings.admin_telegram_ids:
+                with contextlib.suppress(BadRequest, Forbidden):
+                    await bot.set_my_commands(admins, scope=BotCommandScopeChat(chat_id=admin_id))
+        except TelegramError as error:
+            log.warning("setting the command menu failed: %s", error)
+
+    async def _refund_stars(self, platform_user_id: str, charge_id: str) -> None:
+        await self.application.bot.refund_star_payment(
+            user_id=int(platform_user_id), telegram_payment_charge_id=charge_id
+        )
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        """POST /webhooks/telegram: the secret token is checked in constant time, then the update is queued."""
+        secret = self.services.settings.telegram_webhook_secret
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        metrics = self.services.metrics.webhooks
+        if secret is None or not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
+            metrics.labels("telegram", "forbidden").inc()
+            log.warning("telegram webhook with a wrong secret token from %s", request.remote)
+            return web.Response(status=403)
+        try:
+            data = await request.json()
+            update = Update.de_json(data, self.application.bot)
+        except Exception:
+            metrics.labels("telegram", "malformed").inc()
+            return web.Response(status=400)
+        await self.application.update_queue.put(update)
+        metrics.labels("telegram", "accepted").inc()
+        return web.Response(status=200)
+
+    # --- updates -------------------------------------------------------------------------------------------------
+
+    def _private_url(self) -> str | None:
+        username = self.application.bot.username if self.application.bot else None
+        return f"https://t.me/{username}" if username else None
+
+    async def _typing_after(self, chat_id: int, delay: float = 0.5) -> None:
+        await asyncio.sleep(delay)
+        with contextlib.suppress(TelegramError):
+            await self.application.bot.send_chat_action(chat_id=chat_id, action=ChatAction.TYPING)
+
+    async def _on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or message.text is None or update.effective_user is None:
+            return
+        head, _, rest = message.text.partition(" ")
+        name, _, mention = head[1:].partition("@")
+        if mention and self.application.bot.username and mention.lower() != self.application.bot.username.lower():
+            return  # a command for another bot in a group
+        in_group = message.chat.type != ChatType.PRIVATE
+        typing = asyncio.create_task(self._typing_after(message.chat_id))
+        try:
+            screens = await router.handle_command(
+                self.services, contact_of(update), name, rest, in_group=in_group, private_chat_url=self._private_url()
+            )
+        finally:
+            typing.cancel()
+        await self._render(message.chat_id, screens, reply_to=message if in_group else None)
+
+    async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or message.text is None or update.effective_user is None:
+            return
+        in_group = message.chat.type != ChatType.PRIVATE
+        reply_to = None
+        if message.reply_to_message is not None:
+            reply_to = SentRef(PLATFORM, str(message.chat_id), str(message.reply_to_message.message_id))
+        screens = await router.handle_text(
+            self.services, contact_of(update), message.text, reply_to=reply_to, in_group=in_group
+        )
+        await self._render(message.chat_id, screens)
+
+    async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        if query is None or update.effective_user is None:
+            return
+        message = query.message
+        chat_id = message.chat.id if message is not None else update.effective_user.id
+        in_group = message is not None and message.chat.type != ChatType.PRIVATE
+        ref = SentRef(PLATFORM, str(chat_id), str(message.message_id)) if message is not None else None
+        work = asyncio.create_task(
+            router.handle_action(self.services, contact_of(update), query.data or "", ref, in_group=in_group)
+        )
+        done, _ = await asyncio.wait({work}, timeout=SLOW_ANSWER_SECONDS)
+        answered = False
+        if not done:
+            # Telegram shows a spinner until the query is answered: answer now, render when the work is done.
+            with contextlib.suppress(TelegramError):
+                await query.answer()
+            answered = True
+        screens = await work
+        toast = next((s for s in screens if s.toast is not None), None)
+        if not answered:
+            with contextlib.suppress(TelegramError):
+                await query.answer(
+                    text=_plain(toast.toast)[:200] if toast and toast.toast else None,
+                    show_alert=bool(toast and toast.alert),
+                )
+        await self._render(chat_id, [s for s in screens if s.text or s.photo or s.document or s.invoice],
+                           editing=message if isinstance(message, Message) else None)
+
+    async def _on_pre_checkout(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.pre_checkout_query
+        if query is None:
+            return
+        refusal = await topup.pre_checkout(
+            self.services, contact_of(update), query.invoice_payload, query.currency, query.total_amount
+        )
+        if refusal is None:
+            await query.answer(ok=True)
+        else:
+            await query.answer(ok=False, error_message=_plain(refusal))
+
+    async def _on_payment(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or message.successful_payment is None:
+            return
+        payment = message.successful_payment
+        screen = await topup.payment_received(
+            self.services, contact_of(update), charge_id=payment.telegram_payment_charge_id,
+            payload=payment.invoice_payload, currency=payment.currency, amount=payment.total_amount,
+        )
+        await self._render(message.chat_id, [screen])
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The one error handler: an apology with an id for the user, the trace with the same id in the log."""
+        error = context.error
+        if isinstance(error, Forbidden | RetryAfter | TimedOut | NetworkError):
+            log.warning("telegram: %s", error)
+            return
+        error_id = uuid.uuid4().hex[:8]
+        log.error("error %s while handling an update", error_id, exc_info=error)
+        self.services.metrics.handler_errors.inc()
+        if isinstance(update, Update) and update.effective_chat is not None:
+            locale = "es" if (update.effective_user and (update.effective_user.language_code or "").startswith("es")) else "en"
+            with contextlib.suppress(TelegramError):
+                await context.bot.send_message(
+                    update.effective_chat.id, t(locale, "error_unexpected", error_id=error_id),
+                    parse_mode=ParseMode.HTML,
+                )
+
+    # --- rendering -------------------------------------------------------------------------------------------------
+
+    async def _render(
+        self, chat_id: int, screens: list[Screen], *, editing: Message | None = None, reply_to: Message | None = None
+    ) -> None:
+        bot = self.application.bot
+        for screen in screens:
+            sent: Message | None = None
+            markup: Any = keyboard(screen.buttons)
+            if screen.prompt is not None and markup is None:
+                markup = ForceReply(input_field_placeholder=_plain(screen.prompt)[:64])
+            if screen.invoice is not None:
+                inv = screen.invoice
+                sent = await bot.send_invoice(
+                    chat_id=chat_id, title=_plain(inv.title)[:32], description=_plain(inv.description)[:255],
+                    payload=inv.payload, currency=inv.currency, prices=[LabeledPrice(_plain(inv.label)[:32], inv.amount)],
+                    provider_token="",
+                )
+            elif screen.photo is not None:
+                sent = await bot.send_photo(
+                    chat_id=chat_id, photo=screen.photo, caption=screen.text[:1024] or None, parse_mode=ParseMode.HTML,
+                    reply_markup=markup, filename=screen.photo_name,
+                )
+            elif screen.document is not None:
+                sent = await bot.send_document(
+                    chat_id=chat_id, document=screen.document, filename=screen.document_name,
+                    caption=screen.text[:1024] or None, parse_mode=ParseMode.HTML, reply_markup=markup,
+                )
+            elif screen.edit and editing is not None and len(screen.text) <= MAX_TEXT:
+                try:
+                    edited = await bot.edit_message_text(
+                        chat_id=chat_id, message_id=editing.message_id, text=screen.text, parse_mode=ParseMode.HTML,
+                        reply_markup=markup if isinstance(markup, InlineKeyboardMarkup) else None,
+                        disable_web_page_preview=True,
+                    )
+                    sent = edited if isinstance(edited, Message) else editing
+                except BadRequest as error:
+                    if "not modified" not in str(error).lower():
+                        raise
+                    sent = editing
+            else:
+                chunks = split_html(screen.text)
+                for index, chunk in enumerate(chunks):
+                    sent = await bot.send_message(
+                        chat_id=chat_id, text=chunk, parse_mode=ParseMode.HTML,
+                        reply_markup=markup if index == len(chunks) - 1 else None, disable_web_page_preview=True,
+                        reply_to_message_id=reply_to.message_id if reply_to is not None and index == 0 else None,
+                    )
+            if sent is not None:
+                ref = SentRef(PLATFORM, str(chat_id), str(sent.message_id))
+                if screen.reply_context is not None:
+                    await router.remember_reply_context(self.services, ref, screen.reply_context)
+                if screen.on_sent is not None:
+                    await screen.on_sent(ref)
+
+
+def _plain(text: str) -> str:
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", text))

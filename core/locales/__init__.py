@@ -1,0 +1,1 @@
+"""Message catalogs: each module holds `TEXTS = {"en": {...}, "es": {...}}` for one area of the product."""

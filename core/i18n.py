@@ -58,7 +58,8 @@ def parse_dollars(text: str) -> int:
     """`5`, `2.50`, `-1`, `$3` → cents; ValueError for anything else (more than two decimals, words)."""
     raw = text.strip().replace(",", "")
     negative = raw.startswith("-")
-    raw = raw.lstrip("+-").lstrip("$")
+    raw = raw[1:] if raw[:1] in "+-" and raw else raw
+    raw = raw[1:] if raw.startswith("$") else raw
     if not raw or raw.count(".") > 1:
         raise ValueError(text)
     whole, _, fraction = raw.partition(".")

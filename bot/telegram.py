@@ -144,14 +144,22 @@ class TelegramSender:
                     if "not modified" not in str(error).lower():
                         raise
                 return str(edit_id)
-            chunks = split_html(message.text)
+            paid = True if message.paid_broadcast else None
             sent: Message | None = None
+            if message.photo_url:
+                caption = message.text if len(message.text) <= 1024 else None
+                sent = await bot.send_photo(
+                    chat_id=int(chat_id), photo=message.photo_url, caption=caption, parse_mode=ParseMode.HTML,
+                    reply_markup=keyboard(rows) if caption is not None else None, allow_paid_broadcast=paid,
+                )
+                if caption is not None:
+                    return str(sent.message_id)
+            chunks = split_html(message.text)
             for index, chunk in enumerate(chunks):
                 sent = await bot.send_message(
                     chat_id=int(chat_id), text=chunk, parse_mode=ParseMode.HTML,
                     reply_markup=keyboard(rows) if index == len(chunks) - 1 else None,
-                    disable_web_page_preview=message.disable_preview,
-                    api_kwargs={"allow_paid_broadcast": True} if message.paid_broadcast else None,
+                    disable_web_page_preview=message.disable_preview, allow_paid_broadcast=paid,
                 )
             assert sent is not None
             return str(sent.message_id)

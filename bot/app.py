@@ -77,6 +77,12 @@ class Application:
             components.append(telegram)
             routes.append(telegram.add_routes)
             senders["telegram"] = telegram.sender
+        if self.settings.discord_bot_token:
+            from bot.discord import DiscordFrontEnd
+
+            discord_front = DiscordFrontEnd(services)
+            components.append(discord_front)
+            senders["discord"] = discord_front.sender
         if self._wants_console():
             from bot.console import ConsoleFrontEnd
 

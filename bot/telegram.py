@@ -38,6 +38,7 @@ from telegram.ext import (
 from bot.handlers import router, topup
 from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef
+from bot.render import plain_text as _plain
 from core.accounts import Contact
 from core.i18n import t
 from core.outbox import DeliveryError, OutgoingMessage
@@ -450,9 +451,3 @@ class TelegramFrontEnd:
                 if screen.on_sent is not None:
                     await screen.on_sent(ref)
 
-
-def _plain(text: str) -> str:
-    import html
-    import re
-
-    return html.unescape(re.sub(r"<[^>]+>", "", text))

@@ -16,7 +16,9 @@ from core.outbox import OutboxDispatcher
 from core.scheduler import Scheduler
 from core.services import Services, build_services
 from core.settings import Settings
+from core.verification import build_verification_service
 from core.version import __version__
+from webhooks import textverified
 from webhooks.server import RouteAdder, WebServer, create_app
 
 log = logging.getLogger("cumapp")
@@ -115,12 +117,16 @@ class Application:
             await upgrade_to_head_async(self.settings.database_url)
         self.services = services = build_services(self.settings)
         self.scheduler = Scheduler(services.db)
+        services.verification = build_verification_service(self.settings, services.db, services.metrics, services.plan)
+        services.verification.start_jobs(self.scheduler)
         self.front_ends, routes, senders = self._build_front_ends(services)
         dispatcher = OutboxDispatcher(
             services.db, senders, metrics=services.metrics, on_parked=self._delivery_parked
         )
         services.outbox = dispatcher
-        self.web = WebServer(create_app(services, routes), self.settings.http_host, self.settings.http_port)
+        self.web = WebServer(
+            create_app(services, [textverified.add_routes, *routes]), self.settings.http_host, self.settings.http_port
+        )
         await self.web.start()
         self._started.append(_Named("webhook server", self.web))
         for component in self.front_ends:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,13 +26,21 @@ class Scheduler:
         self.db = db
         self.owner = uuid.uuid4().hex[:16]
         self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._running: set[asyncio.Task[None]] = set()
 
     def add_periodic(self, name: str, job: Job, seconds: float, *, exclusive: bool = True) -> None:
         async def run() -> None:
-            if exclusive and not await self.claim(name, lease_seconds=max(seconds * 3, 30)):
-                return
+            task = asyncio.current_task()
+            if task is not None:
+                # Shutdown cancels and awaits jobs still running, so none is destroyed with the loop.
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
             try:
+                if exclusive and not await self.claim(name, lease_seconds=max(seconds * 3, 30)):
+                    return
                 await job()
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("periodic job %s failed", name)
 
@@ -67,6 +76,15 @@ class Scheduler:
         self._scheduler.start()
 
     async def stop(self) -> None:
+        if self._scheduler.running:
+            # No new runs; APScheduler's shutdown would cancel jobs in progress mid-query, so they finish first.
+            self._scheduler.pause()
+        running = list(self._running)
+        if running:
+            _, late = await asyncio.wait(running, timeout=5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         async with self.db.transaction() as session:

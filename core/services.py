@@ -40,6 +40,10 @@ class Services:
         return time.monotonic() - self.started_monotonic
 
     async def close(self) -> None:
+        for service in (self.verification, self.messaging, self.ai):
+            close = getattr(service, "close", None)
+            if close is not None:
+                await close()
         await self.db.dispose()
 
 

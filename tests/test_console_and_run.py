@@ -92,5 +92,5 @@ def test_cumapp_run_in_sandbox_answers_health_and_stops_cleanly(tmp_path: Path) 
             process.kill()
     assert process.returncode == 0, stderr
     assert "sandbox: on" in stderr and "verification=sandbox" in stderr
-    assert "Task was destroyed" not in stderr and "Traceback" not in stderr
+    assert "Task was destroyed" not in stderr and "Traceback" not in stderr, stderr
     assert "Unclosed" not in stderr and "unclosed" not in stderr

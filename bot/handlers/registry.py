@@ -9,6 +9,7 @@ FLOW_MODULES = (
     "bot.handlers.account",
     "bot.handlers.topup",
     "bot.handlers.admin",
+    "bot.handlers.verify",
 )
 
 

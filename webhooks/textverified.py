@@ -1,0 +1,56 @@
+"""POST /webhooks/textverified: signature checked over the raw body, then the event handed to the verification service."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from core.clock import utcnow
+from core.providers.verification import WEBHOOK_SIGNATURE_HEADER, ProviderError, verify_webhook_signature
+from webhooks.server import SERVICES
+
+log = logging.getLogger(__name__)
+
+PATH = "/webhooks/textverified"
+PROVIDER = "textverified"
+
+
+async def textverified_webhook(request: web.Request) -> web.Response:
+    """403 without a valid signature (nothing stored), 400 for a body that is no event, else 200 once handled."""
+    received_at = utcnow()
+    services = request.app[SERVICES]
+    metrics = services.metrics.webhooks
+    raw_body = await request.read()
+    secret = services.settings.textverified_webhook_secret
+    if secret is None or not secret.get_secret_value():
+        metrics.labels(PROVIDER, "forbidden").inc()
+        log.warning("TextVerified webhook refused: TEXTVERIFIED_WEBHOOK_SECRET is not set")
+        return web.Response(status=403, text="forbidden")
+    signature = request.headers.get(WEBHOOK_SIGNATURE_HEADER)
+    if not verify_webhook_signature(secret.get_secret_value(), raw_body, signature):
+        metrics.labels(PROVIDER, "forbidden").inc()
+        log.warning(
+            "TextVerified webhook refused: %s signature from %s",
+            "missing" if not signature else "wrong", request.remote,
+        )
+        return web.Response(status=403, text="forbidden")
+    verification = services.verification
+    if verification is None:
+        # Not wired (a web-only process): 503 makes TextVerified deliver it again later instead of dropping it.
+        metrics.labels(PROVIDER, "unavailable").inc()
+        log.warning("TextVerified webhook received but the verification service is not running")
+        return web.Response(status=503, text="unavailable")
+    try:
+        event = verification.parse_webhook(raw_body)
+    except ProviderError as error:
+        metrics.labels(PROVIDER, "malformed").inc()
+        log.warning("TextVerified webhook with a malformed body: %s", error)
+        return web.Response(status=400, text="malformed")
+    outcome = await verification.handle_event(event, received_at=received_at)
+    metrics.labels(PROVIDER, str(outcome)).inc()
+    return web.Response(status=200, text="ok")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(PATH, textverified_webhook)

@@ -9,8 +9,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core.ai_service import AiService, build_ai_assistant
 from core.alerts import alert_admins
 from core.i18n import escape
+from core.messaging import build_messaging_service
 from core.migrate import upgrade_to_head_async
 from core.outbox import OutboxDispatcher
 from core.scheduler import Scheduler
@@ -19,6 +21,8 @@ from core.settings import Settings
 from core.verification import build_verification_service
 from core.version import __version__
 from webhooks import textverified
+from webhooks import twilio as twilio_webhooks
+from webhooks import vonage as vonage_webhooks
 from webhooks.server import RouteAdder, WebServer, create_app
 
 log = logging.getLogger("cumapp")
@@ -119,13 +123,24 @@ class Application:
         self.scheduler = Scheduler(services.db)
         services.verification = build_verification_service(self.settings, services.db, services.metrics, services.plan)
         services.verification.start_jobs(self.scheduler)
+        services.messaging = build_messaging_service(self.settings, services.db, services.metrics, services.plan)
+        services.messaging.start_jobs(self.scheduler)
+        services.ai = AiService(
+            services.db, build_ai_assistant(self.settings, services.plan), self.settings, services.metrics
+        )
+        services.messaging.ai = services.ai
         self.front_ends, routes, senders = self._build_front_ends(services)
         dispatcher = OutboxDispatcher(
             services.db, senders, metrics=services.metrics, on_parked=self._delivery_parked
         )
         services.outbox = dispatcher
         self.web = WebServer(
-            create_app(services, [textverified.add_routes, *routes]), self.settings.http_host, self.settings.http_port
+            create_app(
+                services,
+                [textverified.add_routes, twilio_webhooks.add_routes, vonage_webhooks.add_routes, *routes],
+            ),
+            self.settings.http_host,
+            self.settings.http_port,
         )
         await self.web.start()
         self._started.append(_Named("webhook server", self.web))

@@ -26,7 +26,7 @@ class Services:
     # this container stays importable by every layer; each module documents its own service class.
     verification: Any = None  # core.verification.VerificationService
     messaging: Any = None  # core.messaging.MessagingService
-    ai: Any = None  # core.ai.AiAssistant
+    ai: Any = None  # core.ai_service.AiService
     outbox: Any = None  # core.outbox.OutboxDispatcher
     # Set by the Telegram front end at start-up: asks Telegram to refund a Stars charge (user id, charge id).
     stars_refunder: Callable[[str, str], Awaitable[None]] | None = None

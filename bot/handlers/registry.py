@@ -10,6 +10,10 @@ FLOW_MODULES = (
     "bot.handlers.topup",
     "bot.handlers.admin",
     "bot.handlers.verify",
+    "bot.handlers.numbers",
+    "bot.handlers.sms",
+    "bot.handlers.ai",
+    "bot.handlers.templates",
 )
 
 

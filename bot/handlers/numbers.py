@@ -1,0 +1,198 @@
+"""/numbers: the user's own numbers with Release, and Buy → country → area code → number → price → Confirm."""
+
+from __future__ import annotations
+
+import re
+
+from bot.handlers.router import Request, action, command, maps_errors, pop_prompt, set_prompt
+from bot.handlers.screens import Button, Screen, toast
+from core.i18n import Html, money
+from core.messaging import MessagingError, MessagingService, NotYours, display_number
+from core.models import PhoneNumber, User
+from core.phone import country_name
+
+# Countries offered by Buy, in this order; NANP countries get the area-code step.
+COUNTRIES = ("US", "CA", "GB")
+AREA_CODE_COUNTRIES = frozenset({"US", "CA"})
+RESULTS = 8
+
+
+def _messaging(req: Request) -> MessagingService:
+    return req.services.messaging  # type: ignore[no-any-return]
+
+
+@maps_errors
+def messaging_errors(req: Request, error: Exception) -> Screen | None:
+    """Refusals of the messaging service (numbers and SMS alike) in the user's words."""
+    if isinstance(error, NotYours) and req.is_button:
+        return toast(req.t("error_not_yours"))
+    if isinstance(error, MessagingError):
+        return Screen(error.text(req.locale))
+    return None
+
+
+@command("numbers")
+async def numbers(req: Request) -> Screen:
+    """The numbers the user owns, each with Release, and Buy."""
+    owned = await _messaging(req).list_numbers(req.user.id)
+    lines = [req.t("num_title")]
+    if not owned:
+        lines.append(req.t("num_none"))
+    buttons: list[list[Button]] = []
+    for number in owned:
+        shown = display_number(number.e164)
+        renews = number.renews_at.strftime("%Y-%m-%d") if number.renews_at else "—"
+        lines.append(req.t("num_line", number=shown, price=money(number.monthly_price_cents), renews=renews))
+        buttons.append([Button(req.t("num_btn_release", number=shown), action=f"num_rel:{number.id}")])
+    buttons.append([Button(req.t("num_btn_buy"), action="num_buy")])
+    return Screen(Html("\n".join(lines)), buttons=buttons, edit=req.is_button)
+
+
+@action("num_list")
+async def numbers_again(req: Request) -> Screen:
+    return await numbers(req)
+
+
+@action("num_buy")
+async def buy(req: Request) -> Screen:
+    """First step of Buy: the tier limit is checked before anything is picked, then the countries."""
+    await _messaging(req).check_can_buy(req.user.id)
+    buttons = [[Button(country_name(code, req.locale), action=f"num_cc:{code}")] for code in COUNTRIES]
+    buttons.append([Button(req.t("btn_cancel"), action="num_cancel")])
+    return Screen(req.t("num_pick_country"), buttons=buttons, edit=req.is_button)
+
+
+@action("num_cc")
+async def pick_country(req: Request) -> Screen:
+    """A country: the area-code step where numbers have area codes, else the numbers straight away."""
+    country = req.args[0] if req.args else ""
+    if country not in COUNTRIES:
+        return toast(req.t("error_stale_button"))
+    if country not in AREA_CODE_COUNTRIES:
+        return await _results(req, country, None)
+    await set_prompt(req, f"num_area:{country}")
+    return Screen(
+        req.t("num_area_prompt", country=country_name(country, req.locale)),
+        buttons=[
+            [Button(req.t("num_btn_any"), action=f"num_area:{country}:any")],
+            [Button(req.t("btn_back"), action="num_buy")],
+        ],
+        prompt=req.t("num_area_placeholder"),
+        edit=req.is_button,
+    )
+
+
+@action("num_area")
+async def pick_area(req: Request) -> Screen:
+    """"Any" (a button) or an area code the user typed (the prompt) → the numbers for sale there."""
+    country = req.args[0] if req.args else ""
+    if country not in AREA_CODE_COUNTRIES:
+        return toast(req.t("error_stale_button"))
+    choice = req.args[1] if len(req.args) > 1 else req.text.strip()
+    if choice.lower() in ("any", req.t("num_btn_any").lower()):  # the button, or the word typed
+        return await _results(req, country, None)
+    if not re.fullmatch(r"[2-9]\d\d", choice):
+        await set_prompt(req, f"num_area:{country}")
+        return Screen(
+            req.t("num_area_invalid"),
+            buttons=[[Button(req.t("num_btn_any"), action=f"num_area:{country}:any")]],
+            prompt=req.t("num_area_placeholder"),
+        )
+    return await _results(req, country, choice)
+
+
+async def _results(req: Request, country: str, area_code: str | None) -> Screen:
+    # Past the area-code step: a later plain text must not be taken for an area code.
+    await pop_prompt(req.services, req.contact)
+    found = await _messaging(req).search_numbers(country, area_code, None, limit=RESULTS)
+    place = country_name(country, req.locale) + (f" ({area_code})" if area_code else "")
+    if not found:
+        buttons = [[Button(req.t("num_btn_any"), action=f"num_area:{country}:any")]] if area_code else []
+        buttons.append([Button(req.t("btn_back"), action="num_buy")])
+        return Screen(req.t("num_none_found", place=place), buttons=buttons, edit=req.is_button)
+    buttons = [[Button(display_number(n.e164), action=f"num_pick:{n.e164}")] for n in found]
+    buttons.append([Button(req.t("btn_cancel"), action="num_cancel")])
+    return Screen(req.t("num_results", place=place), buttons=buttons, edit=req.is_button)
+
+
+@action("num_pick")
+async def pick_number(req: Request) -> Screen:
+    """A number: its monthly price for this user's tier (from the stored offer), Confirm and Cancel."""
+    e164 = req.args[0] if req.args else ""
+    if not re.fullmatch(r"\+\d{6,15}", e164):
+        return toast(req.t("error_stale_button"))
+    quote = await _messaging(req).quote_number(req.user.id, e164)
+    async with req.db.read() as session:
+        user = await session.get(User, req.user.id)
+        available = user.available_cents if user is not None else 0
+    place_parts = [p for p in (quote.locality, country_name(quote.country, req.locale)) if p]
+    return Screen(
+        req.t(
+            "num_quote", number=display_number(quote.e164), place=f" · {', '.join(place_parts)}",
+            price=money(quote.monthly_price_cents), available=money(available),
+        ),
+        buttons=[[
+            Button(req.t("btn_confirm"), action=f"num_ok:{quote.token}"),
+            Button(req.t("btn_cancel"), action="num_cancel"),
+        ]],
+        edit=req.is_button,
+    )
+
+
+@action("num_ok")
+async def confirm(req: Request) -> Screen:
+    """Confirm: buys once per quote, however often the button is pressed."""
+    token = req.args[0] if req.args else ""
+    messaging = _messaging(req)
+    e164 = await messaging.quoted_number(req.user.id, token)
+    number = await messaging.buy_number(req.user.id, e164, request_key=token)
+    return Screen(
+        req.t("num_bought", number=display_number(number.e164), price=money(number.monthly_price_cents)),
+        buttons=[[Button(req.t("num_btn_my_numbers"), action="num_list")]],
+        edit=True,
+    )
+
+
+@action("num_cancel")
+async def cancel(req: Request) -> Screen:
+    await pop_prompt(req.services, req.contact)
+    return Screen(req.t("num_cancelled"), edit=True)
+
+
+@action("num_rel")
+async def release(req: Request) -> Screen:
+    """Release asks first: a released number cannot be got back."""
+    number = await _owned(req)
+    if isinstance(number, Screen):
+        return number
+    return Screen(
+        req.t("num_release_confirm", number=display_number(number.e164)),
+        buttons=[[
+            Button(req.t("btn_confirm"), action=f"num_relok:{number.id}"),
+            Button(req.t("btn_cancel"), action="num_list"),
+        ]],
+        edit=True,
+    )
+
+
+@action("num_relok")
+async def release_confirmed(req: Request) -> Screen:
+    number = await _owned(req)
+    if isinstance(number, Screen):
+        return number
+    released = await _messaging(req).release_number(req.user.id, number.id)
+    screen = await numbers(req)
+    screen.text = Html(f"{req.t('num_released', number=display_number(released.e164))}\n\n{screen.text}")
+    return screen
+
+
+async def _owned(req: Request) -> PhoneNumber | Screen:
+    """The number a Release button names, re-checked: someone else's → not yours; released → a short toast."""
+    try:
+        number_id = int(req.args[0])
+    except (IndexError, ValueError):
+        return toast(req.t("error_stale_button"))
+    number = await _messaging(req).owned_number(req.user.id, number_id)
+    if number.state != "active":
+        return toast(req.t("num_already_released", number=display_number(number.e164)))
+    return number

@@ -1,0 +1,104 @@
+"""Vonage webhooks: inbound SMS and delivery receipts (GET query, POST form or JSON), signature checked.
+
+Signature policy: every Vonage webhook must be signed with VONAGE_SIGNATURE_SECRET (the account's "signed
+webhooks" setting). When no signature secret is configured the routes refuse everything with 403, whether or
+not the provider plan uses Vonage: an unsigned inbound webhook would let anyone put a text in a user's chat, and
+a deployment without Vonage has nothing to accept there anyway. The one exception is a bare GET with no
+parameters, which Vonage's dashboard uses to check that the URL answers: it gets 200 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from core.clock import utcnow
+from core.messaging import VONAGE_INBOUND_PATH, VONAGE_STATUS_PATH
+from core.providers.sms import parse_vonage_inbound, parse_vonage_status, validate_vonage_signature
+from core.services import Services
+from webhooks.server import SERVICES
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "vonage"
+Process = Callable[[Services, dict[str, Any], datetime], Awaitable[str]]
+
+
+def _count(services: Services, outcome: str) -> None:
+    services.metrics.webhooks.labels(PROVIDER, outcome).inc()
+
+
+async def _params(request: web.Request) -> dict[str, Any]:
+    """Query parameters, overlaid with a form or JSON body: Vonage sends whichever the dashboard says."""
+    params: dict[str, Any] = dict(request.query)
+    if request.method != "POST" or not request.can_read_body:
+        return params
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text="malformed JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="malformed JSON")
+        params.update(body)
+    else:
+        params.update(await request.post())
+    return params
+
+
+def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        received_at = utcnow()  # relay latency is measured from here
+        services = request.app[SERVICES]
+        if request.method == "GET" and not request.query:
+            return web.Response(text="OK")  # Vonage's URL check
+        try:
+            params = await _params(request)
+        except web.HTTPBadRequest:
+            _count(services, "malformed")
+            log.warning("vonage webhook %s malformed body from %s", request.path, request.remote)
+            raise
+        secret = services.settings.vonage_signature_secret
+        if secret is None or not validate_vonage_signature(secret.get_secret_value(), params):
+            _count(services, "forbidden")
+            reason = "no VONAGE_SIGNATURE_SECRET configured" if secret is None else (
+                "missing signature" if not params.get("sig") else "signature mismatch or stale timestamp"
+            )
+            log.warning("vonage webhook %s refused from %s: %s", request.path, request.remote, reason)
+            raise web.HTTPForbidden(text="invalid signature")
+        try:
+            outcome = await process(services, params, received_at)
+        except ValueError as error:
+            _count(services, "malformed")
+            log.warning("vonage webhook %s malformed: %s", request.path, error)
+            raise web.HTTPBadRequest(text="malformed webhook") from None
+        _count(services, outcome)
+        return web.Response(text="OK")
+
+    return handle
+
+
+async def _inbound(services: Services, params: dict[str, Any], received_at: datetime) -> str:
+    result = await services.messaging.submit_inbound(parse_vonage_inbound(params), received_at)
+    return str(result.outcome)
+
+
+async def _status(services: Services, params: dict[str, Any], received_at: datetime) -> str:
+    changed = await services.messaging.apply_status(parse_vonage_status(params))
+    return "status" if changed else "status_unchanged"
+
+
+def add_routes(app: web.Application) -> None:
+    """GET and POST /webhooks/vonage/inbound and /webhooks/vonage/status."""
+    services = app.get(SERVICES)
+    if services is not None and "vonage" in services.plan.sms and services.settings.vonage_signature_secret is None:
+        log.warning("VONAGE_SIGNATURE_SECRET is not set: every Vonage webhook will be refused with 403. "
+                    "Turn on signed webhooks in the Vonage dashboard and set the secret.")
+    for path, process in ((VONAGE_INBOUND_PATH, _inbound), (VONAGE_STATUS_PATH, _status)):
+        handler = _handler(process)
+        app.router.add_get(path, handler)
+        app.router.add_post(path, handler)

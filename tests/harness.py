@@ -10,8 +10,10 @@ from typing import Any
 
 from bot.telegram import TelegramFrontEnd
 from core.db import Database
+from core.messaging import build_messaging_service
 from core.outbox import OutboxDispatcher
 from core.services import Services, build_services
+from core.verification import build_verification_service
 from tests.conftest import make_settings
 from tests.fakes.telegram_api import Call, FakeTelegramServer, FakeUser
 from webhooks.server import WebServer, create_app
@@ -112,13 +114,16 @@ async def telegram_app(
         await fake.start()
     values: dict[str, Any] = {
         "telegram_bot_token": fake.token, "telegram_api_base_url": fake.base_url,
-        "admin_telegram_ids": str(ADMIN_ID), "signup_bonus_cents": 500,
+        "admin_telegram_ids": str(ADMIN_ID), "signup_bonus_cents": 500, "sandbox_code_delay_seconds": 0.2,
+        "sandbox_sms_success_rate": 1.0,
     }
     if webhook:
         values.update(telegram_mode="webhook", telegram_webhook_secret="s3cret-token")
     values.update(overrides)
     settings = make_settings(db.url, **values)
     services = build_services(settings, db=db)
+    services.verification = build_verification_service(settings, db, services.metrics, services.plan)
+    services.messaging = build_messaging_service(settings, db, services.metrics, services.plan)
     front = TelegramFrontEnd(services)
     dispatcher = OutboxDispatcher(db, {"telegram": front.sender}, metrics=services.metrics, base_backoff=0.05)
     services.outbox = dispatcher
@@ -134,6 +139,8 @@ async def telegram_app(
     finally:
         await dispatcher.stop()
         await front.stop()
+        await services.verification.close()
+        await services.messaging.close()
         if web is not None:
             await web.stop()
         if own_fake:

@@ -1,0 +1,159 @@
+"""The product through the real Telegram front end: verify a service, buy a number, text, receive and reply."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import func, select
+
+from core.clock import utcnow
+from core.db import Database
+from core.models import Hold, Message, PhoneNumber, Verification
+from core.providers.sms import InboundSms
+from tests.harness import TelegramHarness, buttons, telegram_app
+
+
+def _find(message: dict, *labels: str) -> str:  # type: ignore[type-arg]
+    """The callback data of the first button whose label contains one of `labels`."""
+    for label, data in buttons(message).items():
+        if any(part in label for part in labels):
+            return data
+    raise AssertionError(f"no button like {labels} in {list(buttons(message))}")
+
+
+async def _wait_text(
+    h: TelegramHarness, chat_id: int, needle: str, timeout: float = 5.0, since: int = 0
+) -> dict:  # type: ignore[type-arg]
+    call = await h.fake.wait_for(
+        lambda c: c.ok and c.chat_id == chat_id and c.method in ("sendMessage", "editMessageText")
+        and needle in (c.params.get("text") or ""), timeout=timeout, since=since,
+    )
+    if call.method == "editMessageText":
+        return h.fake.messages_by_id(chat_id)[int(call.params["message_id"])]
+    return call.result
+
+
+async def test_verify_a_service_and_receive_the_code(db: Database) -> None:
+    async with telegram_app(db) as h:
+        ann = h.user(201)
+        await h.command(ann, "/start")
+        price = await h.command(ann, "/verify whatsapp")
+        assert "WhatsApp" in price["text"] and "$" in price["text"]
+        labels = buttons(price)
+        assert "Confirm" in labels and "Cancel" in labels
+        status = await h.tap(ann, price, labels["Confirm"])
+        assert "+1" in status["text"]
+        code_message = await _wait_text(h, ann.id, "🔑", timeout=5)
+        raw = next(c.params["text"] for c in h.fake.calls_of("sendMessage") if "🔑" in c.params.get("text", ""))
+        assert "<code>" in raw and "WhatsApp" in code_message["text"]
+        copy = [b for row in code_message["reply_markup"]["inline_keyboard"] for b in row if "copy_text" in b]
+        assert copy and copy[0]["copy_text"]["text"].isalnum()
+        async with db.read() as session:
+            verification = await session.scalar(select(Verification))
+            assert verification is not None and verification.state in ("code_received", "completed")
+            hold = await session.get(Hold, verification.hold_id)
+            assert hold is not None and hold.state == "captured"
+        since = len(h.fake.calls)
+        ann.send("/balance")
+        balance = await _wait_text(h, ann.id, "Tier:", since=since)
+        assert f"Available: ${(500 - verification.price_cents) / 100:.2f}" in balance["text"]
+
+
+async def test_verify_then_cancel_refunds_and_a_second_press_changes_nothing(db: Database) -> None:
+    async with telegram_app(db, sandbox_code_delay_seconds=30) as h:
+        bea = h.user(202)
+        await h.command(bea, "/start")
+        price = await h.command(bea, "/verify telegram")
+        status = await h.tap(bea, price, buttons(price)["Confirm"])
+        cancel = _find(status, "Cancel")
+        await h.tap(bea, status, cancel)
+        second = await h.press(bea, status, cancel, strict=False)
+        assert second.params.get("text")  # a short answer, no action
+        async with db.read() as session:
+            verification = await session.scalar(select(Verification))
+            assert verification is not None and verification.state == "cancelled"
+            hold = await session.get(Hold, verification.hold_id)
+            assert hold is not None and hold.state == "released"
+        since = len(h.fake.calls)
+        bea.send("/balance")
+        balance = await _wait_text(h, bea.id, "Tier:", since=since)
+        assert "Available: $5.00" in balance["text"] and "Held: $0.00" in balance["text"]
+
+
+async def test_another_users_verification_button_is_refused(db: Database) -> None:
+    async with telegram_app(db, sandbox_code_delay_seconds=30) as h:
+        owner, other = h.user(203), h.user(204)
+        await h.command(owner, "/start")
+        price = await h.command(owner, "/verify google")
+        status = await h.tap(owner, price, buttons(price)["Confirm"])
+        cancel = _find(status, "Cancel")
+        await h.command(other, "/start")
+        other_screen = h.screen(other.id)
+        refused = await h.press(other, other_screen, cancel, strict=False)
+        assert "someone else" in (refused.params.get("text") or "")
+        async with db.read() as session:
+            assert (await session.scalar(select(Verification.state))) == "active"
+
+
+async def test_buy_a_number_send_an_sms_and_reply_to_an_inbound_one(db: Database) -> None:
+    async with telegram_app(db, signup_bonus_cents=5000) as h:
+        cam = h.user(205)
+        await h.command(cam, "/start")
+        numbers = await h.command(cam, "/numbers")
+        countries = await h.tap(cam, numbers, _find(numbers, "Buy"))
+        area = await h.tap(cam, countries, buttons(countries)["United States"])
+        listing = await h.tap(cam, area, buttons(area)["Any"])
+        pick = next(data for label, data in buttons(listing).items() if label.startswith("+1"))
+        confirm = await h.tap(cam, listing, pick)
+        assert "$" in confirm["text"]
+        await h.tap(cam, confirm, buttons(confirm)["Confirm"])
+        async with db.read() as session:
+            number = await session.scalar(select(PhoneNumber))
+            assert number is not None and number.state == "active"
+
+        bad = await h.command(cam, "/sms 12 hello")
+        assert "number" in bad["text"].lower()
+        async with db.read() as session:
+            assert await session.scalar(select(func.count()).select_from(Message)) == 0
+
+        sent = await h.command(cam, "/sms +14155550123 Hello <friend> & co 🎉")
+        assert "+1 415-555-0123" in sent["text"]
+        async with db.read() as session:
+            outbound = await session.scalar(select(Message).where(Message.direction == "outbound"))
+            assert outbound is not None and outbound.body == "Hello <friend> & co 🎉"
+
+        # An SMS comes in for the number: it is relayed into the chat with Reply/Suggest/Analyze/Block.
+        since = len(h.fake.calls)
+        await h.services.messaging.receive_inbound(
+            InboundSms("sandbox", "SM-in-1", "+14155550123", number.e164, "Are you <there>? & 🙂", received_at=utcnow()),
+            utcnow(),
+        )
+        relayed_call = await h.fake.wait_for(
+            lambda c: c.method == "sendMessage" and "there" in (c.params.get("text") or ""), since=since
+        )
+        relayed = relayed_call.result
+        assert "Are you <there>? & 🙂" in relayed["text"]
+        labels = set(buttons(relayed))
+        assert {"Reply", "Suggest reply", "Analyze", "Block"} <= {label.split(" ", 1)[-1] for label in labels} | labels
+        # Wait for the dispatcher to record the platform message id, then reply with Telegram's reply function.
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            async with db.read() as session:
+                from core.models import OutboxDelivery
+
+                recorded = await session.scalar(
+                    select(OutboxDelivery.platform_message_id).where(OutboxDelivery.kind == "sms")
+                )
+            if recorded:
+                break
+        await h.reply(cam, relayed, "Yes, on my way")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            async with db.read() as session:
+                reply = await session.scalar(
+                    select(Message).where(Message.direction == "outbound", Message.body == "Yes, on my way")
+                )
+            if reply is not None:
+                break
+        assert reply is not None
+        assert reply.to_e164 == "+14155550123" and reply.from_e164 == number.e164

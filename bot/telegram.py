@@ -50,6 +50,7 @@ PLATFORM = "telegram"
 MAX_TEXT = 4096
 WEBHOOK_PATH = "/webhooks/telegram"
 SLOW_ANSWER_SECONDS = 0.8  # after this, a button press is answered empty and the work goes on
+PLACEHOLDER_SECONDS = 1.2  # after this, a command gets a placeholder message that the answer then replaces
 
 
 def keyboard(rows: list[list[Button]]) -> InlineKeyboardMarkup | None:
@@ -104,6 +105,11 @@ def split_html(text: str, limit: int = MAX_TEXT) -> list[str]:
     if current.strip():
         parts.append(current)
     return parts
+
+
+def _plain_screen(screen: Screen) -> bool:
+    """A screen that can replace a text message in place (no file, photo or invoice)."""
+    return screen.photo is None and screen.document is None and screen.invoice is None and bool(screen.text)
 
 
 def contact_of(update: Update) -> Contact:
@@ -306,13 +312,28 @@ class TelegramFrontEnd:
             return  # a command for another bot in a group
         in_group = message.chat.type != ChatType.PRIVATE
         typing = asyncio.create_task(self._typing_after(message.chat_id))
-        try:
-            screens = await router.handle_command(
+        work = asyncio.create_task(
+            router.handle_command(
                 self.services, contact_of(update), name, rest, in_group=in_group, private_chat_url=self._private_url()
             )
+        )
+        placeholder: Message | None = None
+        try:
+            done, _ = await asyncio.wait({work}, timeout=PLACEHOLDER_SECONDS)
+            if not done:
+                # Slow outside calls: a placeholder now, edited in place with the answer when it is ready.
+                user = update.effective_user
+                locale = "es" if (user.language_code or "").startswith("es") else "en"
+                with contextlib.suppress(TelegramError):
+                    placeholder = await message.reply_html(t(locale, "working"), do_quote=False)
+            screens = await work
         finally:
             typing.cancel()
-        await self._render(message.chat_id, screens, reply_to=message if in_group else None)
+        if placeholder is not None and screens and _plain_screen(screens[0]):
+            screens[0].edit = True
+        await self._render(
+            message.chat_id, screens, reply_to=message if in_group else None, editing=placeholder
+        )
 
     async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message

@@ -246,3 +246,38 @@ async def test_per_user_command_limit(db: Database) -> None:
             await h.command(fay, "/help")
         limited = await h.command(fay, "/help")
         assert "Slow down" in limited["text"]
+
+
+async def test_a_slow_command_gets_a_placeholder_edited_in_place(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import bot.telegram
+
+    async def slow(req: router.Request) -> Screen:
+        await asyncio.sleep(0.4)
+        return Screen("Done <b>slowly</b>")
+
+    monkeypatch.setattr(bot.telegram, "PLACEHOLDER_SECONDS", 0.1)
+    monkeypatch.setitem(router.COMMANDS, "history", dataclasses.replace(router.COMMANDS["history"], flow=slow))
+    async with telegram_app(db) as h:
+        gus = h.user(111)
+        first = await h.command(gus, "/history")
+        assert first["text"] == "⏳ Working on it…"
+        edit = await h.fake.wait_for(lambda c: c.method == "editMessageText" and c.chat_id == gus.id)
+        assert int(edit.params["message_id"]) == first["message_id"]
+        assert h.fake.messages_by_id(gus.id)[first["message_id"]]["text"] == "Done slowly"
+
+
+async def test_a_button_of_another_flow_abandons_a_pending_question(db: Database) -> None:
+    async with telegram_app(db) as h:
+        hal = h.user(112)
+        start = await h.command(hal, "/start")
+        prompt = await h.command(hal, "/sms")
+        assert prompt is not None
+        await h.tap(hal, start, "cmd:balance")
+        since = len(h.fake.calls)
+        hal.send("+14155550100 this must not become an SMS")
+        answer = await h.answer_after(since, hal.id)
+        assert "/help" in answer.params["text"]

@@ -315,6 +315,15 @@ async def handle_command(
     return await _run(req, spec.flow)
 
 
+async def _drop_other_prompt(services: Services, contact: Contact, prefix: str) -> None:
+    """A button of another flow abandons a pending question, so the next text is never taken as its answer
+    (an abandoned "Reply" step must not turn a later message into an SMS)."""
+    async with services.db.transaction() as session:
+        row = await session.get(KeyValue, _prompt_key(contact))
+        if row is not None and str(row.value.get("action", "")).partition(":")[0] != prefix:
+            await session.delete(row)
+
+
 async def _clear_prompt(services: Services, contact: Contact) -> None:
     async with services.db.transaction() as session:
         row = await session.get(KeyValue, _prompt_key(contact))
@@ -333,6 +342,7 @@ async def handle_action(
         return refusal
     req.message = message
     req.args = rest.split(":") if rest else []
+    await _drop_other_prompt(services, contact, prefix)
     if entry is None:
         return [toast(req.t("error_stale_button"))]
     flow, admin_only = entry

@@ -881,7 +881,8 @@ class OutboxDispatcher:
                 blocked=error.blocked,
             )
         except TimeoutError:
-            log.error(
+            # A slow chat platform is not our defect: WARNING, like any refusal from outside.
+            log.warning(
                 "outbox: delivery %s to %s:%s timed out after %.1f s (attempt %d)", delivery.id,
                 delivery.platform, delivery.chat_id, self.send_timeout, fence, extra=context,
             )
@@ -919,7 +920,7 @@ class OutboxDispatcher:
         if permanent or fence >= self.max_attempts:
             self._count(delivery.platform, "parked")
             why = "refused for good" if permanent else f"failed {fence} times"
-            log.error("outbox: delivery %s to %s:%s %s, parked: %s", delivery.id, delivery.platform,
+            log.warning("outbox: delivery %s to %s:%s %s, parked: %s", delivery.id, delivery.platform,
                       delivery.chat_id, why, reason)
             return _Outcome(delivery, fence, "parked", now, error=reason, alert=True)
         self._count(delivery.platform, "retry")

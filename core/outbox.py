@@ -161,6 +161,15 @@ Waker = Callable[[], None]
 _wakers: list[tuple[Waker, Engine | None]] = []
 
 
+SentHook = Callable[[AsyncSession, list[tuple[OutboxDelivery, datetime]]], Awaitable[None]]
+# Run in the transaction that records deliveries of a kind as sent (e.g. stamping when a code reached the chat).
+SENT_HOOKS: dict[str, SentHook] = {}
+
+
+def register_sent_hook(kind: str, hook: SentHook) -> None:
+    SENT_HOOKS[kind] = hook
+
+
 def register_waker(callback: Waker, *, engine: Engine | None = None) -> Callable[[], None]:
     """Call `callback` after every commit that enqueued a delivery (only through `engine`, when given).
 
@@ -770,6 +779,10 @@ class OutboxDispatcher:
                 ),
                 sent,
             )
+            for kind, hook in SENT_HOOKS.items():
+                delivered = [(o.delivery, o.at) for o in applied if o.state == "sent" and o.delivery.kind == kind]
+                if delivered:
+                    await hook(session, delivered)
         retries = [
             {"b_id": o.delivery.id, "b_next": o.next_attempt_at or o.at, "b_error": _clip(o.error, _LAST_ERROR_MAX)}
             for o in applied if o.state == "pending"

@@ -942,6 +942,27 @@ class VerificationService:
             self.wake_outbox()
 
 
+async def _stamp_code_delivered(session: AsyncSession, delivered: list[tuple[Any, datetime]]) -> None:
+    """The first time a code message reaches a chat, for the code-to-chat latency in /stats."""
+    for delivery, at in delivered:
+        key = delivery.dedupe_key or ""
+        if not key.startswith("vf:"):
+            continue
+        try:
+            verification_id = int(key.split(":")[1])
+        except (IndexError, ValueError):
+            continue
+        await session.execute(
+            update(Verification)
+            .where(Verification.id == verification_id, Verification.code_delivered_at.is_(None))
+            .values(code_delivered_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+
+outbox.register_sent_hook("code", _stamp_code_delivered)
+
+
 def build_verification_service(
     settings: Settings, db: Database, metrics: Metrics, plan: ProviderPlan
 ) -> VerificationService:

@@ -53,6 +53,15 @@ async def test_verify_a_service_and_receive_the_code(db: Database) -> None:
             assert verification is not None and verification.state in ("code_received", "completed")
             hold = await session.get(Hold, verification.hold_id)
             assert hold is not None and hold.state == "captured"
+        # The time the code reached the chat is stamped once, for the code-to-chat figures in /stats.
+        for _ in range(40):
+            async with db.read() as session:
+                delivered = await session.scalar(select(Verification.code_delivered_at))
+            if delivered is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert delivered is not None and verification.code_received_at is not None
+        assert delivered >= verification.code_received_at
         since = len(h.fake.calls)
         ann.send("/balance")
         balance = await _wait_text(h, ann.id, "Tier:", since=since)

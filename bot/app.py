@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from core.ai_service import AiService, build_ai_assistant
 from core.alerts import alert_admins
+from core.broadcast import BroadcastRunner
 from core.i18n import escape
 from core.messaging import build_messaging_service
 from core.migrate import upgrade_to_head_async
@@ -36,6 +37,13 @@ class Component(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+async def _health_alerts(services: Services) -> None:
+    """Low provider balances, repeated provider failures and parked deliveries, told to admins once."""
+    from core.health import check_and_alert, refresh_gauges
+
+    await check_and_alert(services, await refresh_gauges(services, max_age=0))
 
 
 @dataclass
@@ -130,10 +138,14 @@ class Application:
         )
         services.messaging.ai = services.ai
         self.front_ends, routes, senders = self._build_front_ends(services)
+        # One rate budget per platform, shared by ordinary deliveries (first) and broadcasts (what is left), so
+        # a broadcast runs at the platform's limit without ever starving codes and relayed SMS.
+        broadcasts = BroadcastRunner(services.db, senders, services.metrics)
         dispatcher = OutboxDispatcher(
-            services.db, senders, metrics=services.metrics, on_parked=self._delivery_parked
+            services.db, broadcasts.paced_senders(), metrics=services.metrics, on_parked=self._delivery_parked
         )
         services.outbox = dispatcher
+        self.scheduler.add_periodic("health-alerts", lambda: _health_alerts(services), 60)
         self.web = WebServer(
             create_app(
                 services,
@@ -150,6 +162,8 @@ class Application:
         # Last to start, first to stop: the dispatcher needs the front ends' senders.
         await dispatcher.start()
         self._started.append(_Named("outbox dispatcher", dispatcher))
+        await broadcasts.start()
+        self._started.append(_Named("broadcast runner", broadcasts))
         self.scheduler.start()
         log.info(self.banner())
 

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     sandbox_sms_success_rate: float = Field(0.95, ge=0, le=1)
     sandbox_code_delay_seconds: float = Field(2.0, ge=0, le=60)
 
+    low_balance_threshold_cents: int = Field(1000, ge=0)
+    telegram_allow_paid_broadcast: bool = False
+
     command_rate_limit: int = Field(30, ge=1)
     command_rate_window_seconds: int = Field(10, ge=1)
 

@@ -15,7 +15,7 @@ from core.db import Database
 from core.models import AuditLog, ChatIdentity, LedgerEntry, Payment, User
 from tests.harness import ADMIN_ID, buttons, telegram_app
 
-ADMIN_COMMANDS = ["grant", "ban", "unban", "tier", "user", "audit", "refund"]
+ADMIN_COMMANDS = ["stats", "broadcast", "grant", "ban", "unban", "tier", "user", "health", "audit", "refund"]
 
 
 async def _user_row(db: Database, platform_user_id: str) -> User:

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -13,6 +14,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.health import refresh_gauges
 from core.services import Services
 from core.version import __version__
 
@@ -21,6 +23,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RouteAdder = Callable[[web.Application], None]
 
 access_log = logging.getLogger("cumapp.access")
+log = logging.getLogger(__name__)
 
 
 class JsonAccessLogger(AbstractAccessLogger):
@@ -54,17 +57,33 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def _health_details(services: Services) -> dict[str, Any] | None:
+    """The facts /health shows (providers, balances, outbox, error rates), cached for a few seconds."""
+    try:
+        report = await refresh_gauges(services)
+    except Exception:
+        log.warning("health details could not be gathered", exc_info=True)
+        return None
+    return report.as_dict()
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the database answers."""
+    """Readiness: the database answers (503 otherwise); the same facts as /health come along."""
     services = request.app[SERVICES]
     database_ok = await services.db.ping()
-    body = {"status": "ok" if database_ok else "unavailable", "database": database_ok}
+    body: dict[str, Any] = {"status": "ok" if database_ok else "unavailable", "database": database_ok}
+    if database_ok:
+        details = await _health_details(services)
+        if details is not None:
+            body["details"] = details
     return web.json_response(body, status=200 if database_ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this process's metrics."""
+    """Prometheus text exposition of this process's metrics (health gauges refreshed first)."""
     services = request.app[SERVICES]
+    if await services.db.ping():
+        await _health_details(services)
     return web.Response(body=generate_latest(services.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -14,6 +14,9 @@ FLOW_MODULES = (
     "bot.handlers.sms",
     "bot.handlers.ai",
     "bot.handlers.templates",
+    "bot.handlers.broadcast",
+    "bot.handlers.stats",
+    "bot.handlers.health",
 )
 
 

@@ -31,7 +31,6 @@ TEXTS: dict[str, dict[str, str]] = {
         "bc_preview_below": "👇 The next message is exactly what users will see.",
         "bc_btn_change_segment": "⬅️ Change recipients",
         "bc_preview_segment": "To: <b>{segment}</b> · {count}",
-        "bc_preview_photo": "Photo: {url}",
         "bc_preview_paid": "💫 Paid broadcast: up to 1000 messages per second, charged in Stars by Telegram.",
         "bc_preview_confirm": "Send it now?",
         "bc_not_draft": "That broadcast was already sent or dropped.",
@@ -42,6 +41,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "bc_error_button_line": "Line {line} is not <code>Label - https://…</code>.",
         "bc_error_button_label": "The label on line {line} is too long ({limit} characters at most).",
         "bc_error_too_many_buttons": "{limit} buttons at most.",
+        "bc_error_caption_too_long": "With a photo the text is its caption, and that allows {limit} characters at "
+        "most. Press Skip, or start again with a shorter text.",
         # broadcast: progress
         "bc_progress_title": "📣 <b>Broadcast #{id}</b> · {state}",
         "bc_progress_counts": "Sent {sent} of {total} · failed {failed} · blocked {blocked} · left {left}",
@@ -163,7 +164,6 @@ TEXTS: dict[str, dict[str, str]] = {
         "bc_preview_below": "👇 El siguiente mensaje es exactamente lo que verán los usuarios.",
         "bc_btn_change_segment": "⬅️ Cambiar destinatarios",
         "bc_preview_segment": "Para: <b>{segment}</b> · {count}",
-        "bc_preview_photo": "Foto: {url}",
         "bc_preview_paid": "💫 Difusión de pago: hasta 1000 mensajes por segundo, cobrados en Stars por Telegram.",
         "bc_preview_confirm": "¿Enviarlo ahora?",
         "bc_not_draft": "Esa difusión ya se envió o se descartó.",
@@ -174,6 +174,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "bc_error_button_line": "La línea {line} no tiene la forma <code>Etiqueta - https://…</code>.",
         "bc_error_button_label": "La etiqueta de la línea {line} es demasiado larga ({limit} caracteres como máximo).",
         "bc_error_too_many_buttons": "{limit} botones como máximo.",
+        "bc_error_caption_too_long": "Con foto, el texto es su pie, y admite {limit} caracteres como máximo. "
+        "Pulsa Omitir, o empieza de nuevo con un texto más corto.",
         # broadcast: progress
         "bc_progress_title": "📣 <b>Difusión #{id}</b> · {state}",
         "bc_progress_counts": "Enviados {sent} de {total} · fallidos {failed} · bloqueados {blocked} · "

@@ -1,0 +1,346 @@
+"""Benchmark: broadcast throughput against the fake Bot API enforcing Telegram's limits, as a ratio of the limit.
+
+Scenarios (each a fresh broadcast to freshly seeded users, sent by core.broadcast.BroadcastRunner):
+* free: the real Telegram front end's sender (python-telegram-bot over httpx, AIORateLimiter) at 29/s; the
+  fake allows 30 sends per second overall and answers 429 above that. Target: >= 0.95 of 30/s, zero 429s;
+* paid: `allow_paid_broadcast` on every message, the runner at its paid rate (950/s); the fake allows 1000/s.
+  Run twice: with python-telegram-bot's default httpx transport (what the app ships), and with the same Bot and
+  TelegramSender over an aiohttp transport (`AiohttpRequest` below), to separate our pacing from the HTTP
+  client's CPU cost. Target: >= 0.9 of 1000/s, zero 429s.
+
+The fake Bot API runs in a child process (`--fake`) so its work does not share the runner's event loop and CPU
+time; it reports arrival times of accepted sends and its 429 count. The rate is measured at the fake, from the
+first to the last accepted message of the broadcast.
+
+    TEST_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres \\
+        /work/venv/bin/python bench/broadcast_throughput.py --free-users 1500 --paid-users 12000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
+FREE_LIMIT = 30.0
+PAID_LIMIT = 1000.0
+FIRST_CHAT = 10_000_001
+
+
+# --- the child process: the fake Bot API ---------------------------------------------------------------------------
+
+
+async def _fake() -> None:
+    from tests.fakes.telegram_api import FakeTelegramServer
+
+    fake = FakeTelegramServer(enforce_limits=True)
+    await fake.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def reply(payload: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()
+
+    reply({"base_url": fake.base_url, "token": fake.token})
+    try:
+        while line := await reader.readline():
+            command = json.loads(line)
+            if command["cmd"] == "reset":
+                fake.calls.clear()
+                fake._sent.clear()  # the fake keeps every message; a 12,000-message run would only slow it down
+                fake._messages.clear()
+                fake.too_many_requests = 0
+                reply({"ok": True})
+            elif command["cmd"] == "stats":
+                accepted = [c for c in fake.calls if c.ok and c.method in ("sendMessage", "sendPhoto")]
+                per_chat: dict[Any, int] = {}
+                for call in accepted:
+                    per_chat[call.chat_id] = per_chat.get(call.chat_id, 0) + 1
+                reply({"times": [c.at for c in accepted], "too_many_requests": fake.too_many_requests,
+                       "duplicates": sum(1 for n in per_chat.values() if n > 1)})
+            elif command["cmd"] == "quit":
+                break
+    finally:
+        await fake.stop()
+
+
+class FakeProcess:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls) -> tuple[FakeProcess, dict[str, Any]]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--fake", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=str(ROOT), limit=64 * 1024 * 1024,
+        )
+        fake = cls(process)
+        return fake, await fake.read()
+
+    async def read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the fake Bot API process ended")
+        return json.loads(line)
+
+    async def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        await self.process.stdin.drain()
+        return await self.read()
+
+    async def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b'{"cmd": "quit"}\n')
+        await self.process.stdin.drain()
+        await self.process.wait()
+
+
+# --- an aiohttp transport for python-telegram-bot --------------------------------------------------------------
+
+
+def aiohttp_request_class() -> type:
+    """python-telegram-bot's BaseRequest over aiohttp (form-encoded parameters, like its httpx transport)."""
+    import aiohttp
+    from telegram.request import BaseRequest, RequestData
+
+    class AiohttpRequest(BaseRequest):  # type: ignore[misc]
+        def __init__(self, connections: int = 256) -> None:
+            self._connections = connections
+            self._session: aiohttp.ClientSession | None = None
+
+        @property
+        def read_timeout(self) -> float:
+            return 10.0
+
+        async def initialize(self) -> None:
+            if self._session is None:
+                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._connections))
+
+        async def shutdown(self) -> None:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+        async def do_request(self, url: str, method: str, request_data: RequestData | None = None,
+                             *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+            assert self._session is not None
+            data: Any = None
+            if request_data is not None:
+                if request_data.contains_files:
+                    form = aiohttp.FormData()
+                    for name, value in request_data.multipart_data.items():
+                        filename, content, mime = value if isinstance(value, tuple) else (None, value, None)
+                        form.add_field(name, content, filename=filename, content_type=mime)
+                    data = form
+                else:
+                    data = request_data.json_parameters
+            async with self._session.request(method, url, data=data,
+                                             timeout=aiohttp.ClientTimeout(total=30)) as response:
+                return response.status, await response.read()
+
+    return AiohttpRequest
+
+
+# --- the runner side -------------------------------------------------------------------------------------------------
+
+
+async def _database(pg_url: str | None) -> tuple[Any, Any]:
+    """A fresh schema: a new PostgreSQL database (dropped at the end) or a temporary SQLite file."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from core.db import Database
+    from core.models import Base
+
+    if pg_url is None:
+        path = Path(tempfile.mkdtemp()) / "bench.db"
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        async with db.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+
+        async def cleanup() -> None:
+            await db.dispose()
+
+        return db, cleanup
+    name = f"cumapp_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"{pg_url.rpartition('/')[0]}/{name}"
+    db = Database(url, pool_size=20)
+    async with db.engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+
+    async def cleanup_pg() -> None:
+        await db.dispose()
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+    return db, cleanup_pg
+
+
+async def _seed(db: Any, count: int, first_chat: int) -> None:
+    """`count` Telegram users in two INSERT … SELECT statements; earlier users leave the segment (tier)."""
+    from sqlalchemy import text
+
+    from core.clock import utcnow
+
+    now = utcnow()
+    if db.is_sqlite:
+        series = "WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i + 1 < :n) "
+        source, stamp, chat = "g", now.strftime("%Y-%m-%d %H:%M:%S.%f"), "CAST(:first + i AS TEXT)"
+    else:
+        series, source, stamp, chat = "", "generate_series(0, :n - 1) AS g(i)", now, "(:first + i)::text"
+    async with db.transaction() as session:
+        await session.execute(text("UPDATE users SET tier = 'business'"))
+        await session.execute(
+            text(
+                f"{series}INSERT INTO users (role, status, tier, locale, display_name, balance_cents, held_cents, "
+                "ai_opt_in, auto_analyze, announcements, created_at, last_seen_at) "
+                f"SELECT 'user', 'active', 'free', 'en', 'bench:' || {chat}, 0, 0, false, false, true, :now, :now "
+                f"FROM {source}"
+            ),
+            {"n": count, "first": first_chat, "now": stamp},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO chat_identities (user_id, platform, platform_user_id, chat_id, created_at) "
+                "SELECT id, 'telegram', substr(display_name, 7), substr(display_name, 7), created_at FROM users "
+                "WHERE display_name LIKE 'bench:%' AND id NOT IN (SELECT user_id FROM chat_identities)"
+            )
+        )
+
+
+async def _scenario(
+    name: str, db: Any, fake: FakeProcess, sender: Any, users: int, first_chat: int, *, paid: bool, limit: float,
+    concurrency: int | None,
+) -> dict[str, Any]:
+    from core import broadcast as bc
+    from core.metrics import Metrics
+
+    await _seed(db, users, first_chat)
+    await fake.ask(cmd="reset")
+    runner = bc.BroadcastRunner(db, {"telegram": sender}, Metrics(), concurrency=concurrency)
+    async with db.transaction() as session:
+        draft = await bc.create_draft(session, created_by_user_id=1, text="📣 Bench <b>broadcast</b>",
+                                      segment=bc.Segment("tier", "free"), paid=paid)
+    started = time.monotonic()
+    await runner.start()
+    await bc.start(db, draft.id)
+    while True:
+        await asyncio.sleep(0.25)
+        async with db.read() as session:
+            current = await bc.get(session, draft.id)
+        if current is not None and current.state == "finished":
+            break
+        if time.monotonic() - started > users / (limit * 0.5) + 120:
+            raise RuntimeError(f"{name}: not finished in time ({current.sent if current else 0}/{users})")
+    await runner.stop()
+    stats = await fake.ask(cmd="stats")
+    times = sorted(stats["times"])
+    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    return {
+        "scenario": name, "users": users, "sent": current.sent, "failed": current.failed, "limit": limit,
+        "rate": rate, "ratio": rate / limit, "too_many_requests": stats["too_many_requests"],
+        "duplicates": stats["duplicates"], "seconds": times[-1] - times[0] if times else 0.0,
+    }
+
+
+async def _bot(base_url: str, token: str, *, transport: str) -> Any:
+    """A python-telegram-bot Application configured like bot/telegram.py's front end."""
+    from telegram.ext import AIORateLimiter, ApplicationBuilder
+
+    from bot.telegram import TelegramSender
+
+    builder = (
+        ApplicationBuilder().token(token).base_url(base_url).rate_limiter(AIORateLimiter(max_retries=3))
+        .updater(None)
+    )
+    if transport == "aiohttp":
+        builder = builder.request(aiohttp_request_class()())
+    application = builder.build()
+    await application.initialize()
+    return application, TelegramSender(application)
+
+
+async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    fake, hello = await FakeProcess.start()
+    db, cleanup = await _database(args.pg_url)
+    results: list[dict[str, Any]] = []
+    try:
+        async with db.transaction() as session:
+            from core.models import User
+
+            session.add(User(role="admin", display_name="bench admin"))
+        first = FIRST_CHAT
+        plans = [("free, httpx (as shipped)", "httpx", False, FREE_LIMIT, args.free_users, None)]
+        if args.paid_users:
+            plans += [
+                ("paid, httpx (as shipped)", "httpx", True, PAID_LIMIT, args.paid_users, 8),
+                ("paid, aiohttp transport", "aiohttp", True, PAID_LIMIT, args.paid_users, 16),
+            ]
+        for name, transport, paid, limit, users, concurrency in plans:
+            application, sender = await _bot(hello["base_url"], hello["token"], transport=transport)
+            try:
+                result = await _scenario(name, db, fake, sender, users, first, paid=paid, limit=limit,
+                                         concurrency=concurrency)
+            finally:
+                await application.shutdown()
+            result["database"] = "PostgreSQL" if args.pg_url else "SQLite"
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            first += users
+    finally:
+        await cleanup()
+        await fake.close()
+    return results
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | database | users | limit (msg/s) | achieved (msg/s) | ratio | 429s | duplicates | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['scenario']} | {r['database']} | {r['users']:,} | {r['limit']:.0f} | {r['rate']:.1f} | "
+            f"{r['ratio']:.3f} | {r['too_many_requests']} | {r['duplicates']} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if "--fake" in sys.argv:
+        asyncio.run(_fake())
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--free-users", type=int, default=1500)
+    parser.add_argument("--paid-users", type=int, default=12000, help="0 skips the paid scenarios")
+    parser.add_argument("--pg-url", default=os.environ.get("TEST_DATABASE_URL"),
+                        help="PostgreSQL server URL (a database is created and dropped); SQLite when absent")
+    arguments = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    outcome = asyncio.run(main(arguments))
+    print()
+    print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs")
+    print(table(outcome))

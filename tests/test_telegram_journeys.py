@@ -281,3 +281,23 @@ async def test_a_button_of_another_flow_abandons_a_pending_question(db: Database
         hal.send("+14155550100 this must not become an SMS")
         answer = await h.answer_after(since, hal.id)
         assert "/help" in answer.params["text"]
+
+
+async def test_the_aiohttp_transport_for_paid_broadcasts_carries_every_kind_of_call(db: Database) -> None:
+    """With TELEGRAM_ALLOW_PAID_BROADCAST the bot talks through aiohttp: texts, edits, files and errors still work."""
+    from bot.telegram_transport import AiohttpRequest
+
+    async with telegram_app(db, telegram_allow_paid_broadcast=True) as h:
+        assert isinstance(h.front.application.bot.request, AiohttpRequest)
+        ivy = h.user(113, first_name="Ivy <&>")
+        start = await h.command(ivy, "/start")
+        assert "Ivy <&>" in start["text"]
+        balance = await h.tap(ivy, start, "cmd:balance")
+        assert "Available: $5.00" in balance["text"]
+        since = len(h.fake.calls)
+        await h.press(ivy, await h.command(ivy, "/history"), "histcsv")
+        document = await h.fake.wait_for("sendDocument", since=since)
+        assert document.files["document"].content.startswith(b"id,time_utc")
+        h.fake.fail_next("sendMessage", status=429, retry_after=1)
+        limited = await h.command(ivy, "/help", timeout=8)
+        assert "What I can do" in limited["text"]

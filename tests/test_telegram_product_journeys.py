@@ -166,3 +166,48 @@ async def test_buy_a_number_send_an_sms_and_reply_to_an_inbound_one(db: Database
                 break
         assert reply is not None
         assert reply.to_e164 == "+14155550123" and reply.from_e164 == number.e164
+
+
+async def test_inbox_cancel_tier_and_ban_from_the_chat(db: Database) -> None:
+    async with telegram_app(db, signup_bonus_cents=5000) as h:
+        dee = h.user(206, username="dee")
+        await h.command(dee, "/start")
+        empty = await h.command(dee, "/inbox")
+        assert empty["text"]
+        async with db.transaction() as session:
+            from core.models import ChatIdentity
+
+            identity = await session.scalar(select(ChatIdentity).where(ChatIdentity.platform_user_id == "206"))
+            assert identity is not None
+            session.add(PhoneNumber(user_id=identity.user_id, provider="sandbox", provider_sid="PN1",
+                                    e164="+12125550111", country="US", state="active", monthly_price_cents=150,
+                                    purchased_at=utcnow()))
+        await h.services.messaging.receive_inbound(
+            InboundSms("sandbox", "SM-inbox-1", "+14155550177", "+12125550111", "See you at 5", received_at=utcnow()),
+            utcnow(),
+        )
+        await h.fake.wait_for(lambda c: c.method == "sendMessage" and "See you at 5" in (c.params.get("text") or ""))
+        since = len(h.fake.calls)
+        dee.send("/inbox")
+        inbox = await _wait_text(h, dee.id, "Inbox</b> (", since=since)
+        assert "(1–1 of 1)" in inbox["text"]
+        assert any("415" in label for label in buttons(inbox))
+
+        prompt = await h.command(dee, "/sms")
+        assert prompt is not None
+        cancelled = await h.command(dee, "/cancel")
+        assert "Cancelled" in cancelled["text"]
+        nothing = await h.command(dee, "/cancel")
+        assert "nothing to cancel" in nothing["text"].lower()
+
+        admin = h.user(999)
+        tiered = await h.command(admin, "/tier @dee pro")
+        assert "pro tier" in tiered["text"]
+        wrong = await h.command(admin, "/tier @dee gold")
+        assert "Unknown tier gold" in wrong["text"]
+        banned = await h.command(admin, "/ban @dee")
+        assert "banned" in banned["text"]
+        since = len(h.fake.calls)
+        dee.send("/inbox")
+        refusal = await _wait_text(h, dee.id, "blocked", since=since)
+        assert "Your account is blocked" in refusal["text"]

@@ -211,3 +211,17 @@ async def test_inbox_cancel_tier_and_ban_from_the_chat(db: Database) -> None:
         dee.send("/inbox")
         refusal = await _wait_text(h, dee.id, "blocked", since=since)
         assert "Your account is blocked" in refusal["text"]
+
+
+async def test_not_enough_balance_offers_a_working_top_up_button(db: Database) -> None:
+    async with telegram_app(db, signup_bonus_cents=0, sandbox_code_delay_seconds=30) as h:
+        kim = h.user(207)
+        await h.command(kim, "/start")
+        price = await h.command(kim, "/verify whatsapp")
+        since = len(h.fake.calls)
+        await h.press(kim, price, buttons(price)["Confirm"])
+        refusal = await _wait_text(h, kim.id, "Not enough balance", since=since)
+        offers = await h.tap(kim, refusal, buttons(refusal)["➕ Top up"])
+        assert "Top up" in offers["text"] and any(label.startswith("⭐") for label in buttons(offers))
+        async with db.read() as session:
+            assert await session.scalar(select(func.count()).select_from(Verification)) == 0

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from bot.handlers.account import find_user, user_by_id
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
+from bot.render import plain_text
 from core import accounts, audit, ledger, limits, payments
 from core.i18n import Html, escape, money, parse_dollars
 from core.models import ChatIdentity, Message, Payment, User, Verification
@@ -170,15 +171,8 @@ async def user_card_action(req: Request) -> Screen:
     else:
         return toast(req.t("error_stale_button"))
     card = await _card(req, user_id, edit=True)
-    card.toast = _strip(answer.text)
+    card.toast = plain_text(answer.text)[:190]
     return card
-
-
-def _strip(text: str) -> str:
-    import html
-    import re
-
-    return html.unescape(re.sub(r"<[^>]+>", "", text))[:190]
 
 
 @command("audit", admin=True)

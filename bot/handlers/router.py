@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.handlers.screens import Screen, SentRef, toast
+from bot.handlers.screens import Button, Screen, SentRef, toast
+from bot.render import plain_text
 from core import accounts, ledger
 from core.accounts import AccountError, Contact
 from core.clock import utcnow
@@ -231,19 +232,13 @@ def _expected_error(req: Request, error: Exception) -> Screen | None:
     if isinstance(error, ledger.InsufficientFunds):
         return Screen(
             req.t("error_insufficient_funds", needed=money(error.needed_cents), available=money(error.available_cents)),
-            buttons=[[_button(req, "btn_topup", "topup")]],
+            buttons=[[Button(req.t("btn_topup"), action="cmd:topup")]],
         )
     for mapper in ERROR_MAPPERS:
         answer = mapper(req, error)
         if answer is not None:
             return answer
     return None
-
-
-def _button(req: Request, label_key: str, action_id: str):  # type: ignore[no-untyped-def]
-    from bot.handlers.screens import Button
-
-    return Button(req.t(label_key), action=action_id)
 
 
 async def _run(req: Request, flow: Flow) -> list[Screen]:
@@ -253,7 +248,7 @@ async def _run(req: Request, flow: Flow) -> list[Screen]:
         expected = _expected_error(req, error)
         if expected is not None:
             if req.is_button:
-                expected.toast = expected.toast or _plain(expected.text)[:190]
+                expected.toast = expected.toast or plain_text(expected.text)[:190]
             return [expected]
         error_id = uuid.uuid4().hex[:8]
         req.services.metrics.handler_errors.inc()
@@ -262,13 +257,6 @@ async def _run(req: Request, flow: Flow) -> list[Screen]:
     if answer is None:
         return []
     return answer if isinstance(answer, list) else [answer]
-
-
-def _plain(text: str) -> str:
-    import html
-    import re
-
-    return html.unescape(re.sub(r"<[^>]+>", "", text))
 
 
 async def _gate(services: Services, contact: Contact, name: str, *, is_button: bool) -> tuple[Request | None, list[Screen]]:
@@ -281,10 +269,10 @@ async def _gate(services: Services, contact: Contact, name: str, *, is_button: b
     wait = _limiter(services).allow(f"{contact.platform}:{contact.platform_user_id}")
     if wait is not None and not is_admin:
         text = req.t("error_rate_limited", seconds=max(1, round(wait)))
-        return None, [Screen(text, toast=_plain(text))]
+        return None, [Screen(text, toast=plain_text(text))]
     if user.status == "banned":
         text = req.t("error_banned")
-        return None, [Screen(text, toast=_plain(text))]
+        return None, [Screen(text, toast=plain_text(text))]
     services.metrics.commands.labels(contact.platform, name).inc()
     return req, []
 
@@ -306,8 +294,6 @@ async def handle_command(
     if spec.admin and not req.is_admin:
         return [Screen(req.t("error_admin_only"))]
     if in_group and (spec.private or spec.admin):
-        from bot.handlers.screens import Button
-
         buttons = [[Button(req.t("btn_open_private"), url=private_chat_url)]] if private_chat_url else []
         return [Screen(req.t("group_use_private"), buttons=buttons)]
     if name != "cancel":

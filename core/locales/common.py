@@ -157,12 +157,6 @@ TEXTS: dict[str, dict[str, str]] = {
         "audit_title": "📜 <b>Audit log</b>{target}",
         "audit_empty": "📜 No admin actions recorded.",
         "audit_line": "{when} · #{actor} {action} #{target}: {before} → {after}{reason}",
-        "health_title": "🩺 <b>Health</b> · CumApp {version}, up {uptime}",
-        "health_database": "Database: {state}",
-        "health_outbox": "Outbox: {pending} pending (oldest {oldest} s), {parked} parked",
-        "health_providers": "Providers: {providers}",
-        "ok": "ok",
-        "down": "DOWN",
     },
     "es": {
         "welcome_new": "👋 ¡Bienvenido a <b>CumApp</b>, {name}!\nAlquila un número para recibir un código de "
@@ -315,11 +309,5 @@ TEXTS: dict[str, dict[str, str]] = {
         "audit_title": "📜 <b>Registro de auditoría</b>{target}",
         "audit_empty": "📜 No hay acciones de administración registradas.",
         "audit_line": "{when} · #{actor} {action} #{target}: {before} → {after}{reason}",
-        "health_title": "🩺 <b>Estado</b> · CumApp {version}, activo {uptime}",
-        "health_database": "Base de datos: {state}",
-        "health_outbox": "Cola de envío: {pending} pendientes (la más antigua {oldest} s), {parked} aparcadas",
-        "health_providers": "Proveedores: {providers}",
-        "ok": "ok",
-        "down": "CAÍDO",
     },
 }

@@ -32,12 +32,12 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.ai_service import AiService, build_ai_assistant
-from core.db import Database
-from core.metrics import Metrics
+from core.ai.service import AiService, build_ai_assistant
 from core.models import Base, Conversation, Message, PhoneNumber, User
-from core.sandbox import plan_providers
-from core.settings import Settings
+from core.platform.db import Database
+from core.platform.metrics import Metrics
+from core.platform.settings import Settings
+from core.providers.plan import plan_providers
 from tests.fakes.groq_api import FakeGroqServer
 
 TARGET_ADDED_MS = 20.0

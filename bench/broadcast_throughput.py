@@ -1,6 +1,6 @@
 """Benchmark: broadcast throughput against the fake Bot API enforcing Telegram's limits, as a ratio of the limit.
 
-Scenarios (each a fresh broadcast to freshly seeded users, sent by core.broadcast.BroadcastRunner):
+Scenarios (each a fresh broadcast to freshly seeded users, sent by core.broadcast.service.BroadcastRunner):
 * free: the real Telegram front end's sender (python-telegram-bot over httpx, AIORateLimiter) at 29/s; the
   fake allows 30 sends per second overall and answers 429 above that. Target: >= 0.95 of 30/s, zero 429s;
 * paid: `allow_paid_broadcast` on every message, the runner at its paid rate (950/s); the fake allows 1000/s.
@@ -122,8 +122,8 @@ async def _database(pg_url: str | None) -> tuple[Any, Any]:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from core.db import Database
     from core.models import Base
+    from core.platform.db import Database
 
     if pg_url is None:
         path = Path(tempfile.mkdtemp()) / "bench.db"
@@ -157,7 +157,7 @@ async def _seed(db: Any, count: int, first_chat: int) -> None:
     """`count` Telegram users in two INSERT … SELECT statements; earlier users leave the segment (tier)."""
     from sqlalchemy import text
 
-    from core.clock import utcnow
+    from core.platform.clock import utcnow
 
     now = utcnow()
     if db.is_sqlite:
@@ -189,8 +189,8 @@ async def _scenario(
     name: str, db: Any, fake: FakeProcess, sender: Any, users: int, first_chat: int, *, paid: bool, limit: float,
     concurrency: int | None,
 ) -> dict[str, Any]:
-    from core import broadcast as bc
-    from core.metrics import Metrics
+    from core.broadcast import service as bc
+    from core.platform.metrics import Metrics
 
     await _seed(db, users, first_chat)
     await fake.ask(cmd="reset")

@@ -208,15 +208,15 @@ async def _server(args: argparse.Namespace) -> dict[str, Any]:
     from telegram.ext import ApplicationBuilder
 
     from bot.telegram import TelegramSender
-    from core.accounts import Contact, get_or_create
-    from core.clock import utcnow
-    from core.db import Database
-    from core.messaging import MessagingService
+    from core.messaging.service import MessagingService
     from core.models import Base, Message, OutboxDelivery, PhoneNumber
-    from core.outbox import OutboxDispatcher
+    from core.money.accounts import Contact, get_or_create
+    from core.platform.clock import utcnow
+    from core.platform.db import Database
+    from core.platform.outbox import OutboxDispatcher
+    from core.platform.settings import Settings
     from core.providers.sandbox_sms import SandboxSmsProvider
     from core.services import build_services
-    from core.settings import Settings
     from webhooks import twilio as twilio_routes
     from webhooks.server import WebServer, create_app
 
@@ -352,7 +352,7 @@ def _report(args: argparse.Namespace, result: dict[str, Any], command: str) -> s
         f"Signed Twilio inbound webhooks POSTed over real HTTP to our aiohttp app at {args.rate:g} SMS/s for "
         f"{args.seconds:g} s ({lat['sent']} SMS, {USERS} users with one number each), open loop. Measured from the "
         "client's POST to the fake Bot API (tests/fakes/telegram_api.py) receiving `sendMessage` from the real "
-        "python-telegram-bot `Bot` inside `bot.telegram.TelegramSender`, driven by `core.outbox.OutboxDispatcher`.",
+        "python-telegram-bot `Bot` inside `bot.telegram.TelegramSender`, driven by `core.platform.outbox.OutboxDispatcher`.",
         "",
         "| SMS | relayed | p50 | p90 | p99 | max |",
         "|---|---|---|---|---|---|",

@@ -84,12 +84,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     import bot.handlers.stats  # noqa: F401  (registers /stats)
     from bot.handlers import router
-    from core import stats
-    from core.accounts import Contact
-    from core.db import Database
+    from core.admin import stats
     from core.models import Base, Message, Verification
+    from core.money.accounts import Contact
+    from core.platform.db import Database
+    from core.platform.settings import Settings
     from core.services import build_services
-    from core.settings import Settings
 
     name = f"cumapp_bench_{uuid.uuid4().hex[:8]}"
     admin_engine = create_async_engine(args.pg_url, isolation_level="AUTOCOMMIT")

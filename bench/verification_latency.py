@@ -32,16 +32,16 @@ from aiohttp import ClientSession
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core import accounts
-from core.accounts import Contact
-from core.db import Database
 from core.models import Base, Verification
-from core.outbox import OutboxDispatcher, OutgoingMessage
+from core.money import accounts
+from core.money.accounts import Contact
+from core.platform.db import Database
+from core.platform.outbox import OutboxDispatcher, OutgoingMessage
+from core.platform.scheduler import Scheduler
+from core.platform.settings import Settings
 from core.providers.verification import sign_webhook
-from core.scheduler import Scheduler
 from core.services import Services, build_services
-from core.settings import Settings
-from core.verification import build_verification_service
+from core.verification.service import build_verification_service
 from tests.fakes.textverified_api import FakeTextVerifiedServer
 from webhooks.server import WebServer, create_app
 from webhooks.textverified import PATH, add_routes

@@ -9,17 +9,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.ai_service import AiService, build_ai_assistant
-from core.alerts import alert_admins
-from core.broadcast import BroadcastRunner
-from core.i18n import escape
-from core.messaging import build_messaging_service
-from core.migrate import upgrade_to_head_async
-from core.outbox import OutboxDispatcher
-from core.scheduler import Scheduler
+from core.admin.alerts import alert_admins
+from core.ai.service import AiService, build_ai_assistant
+from core.broadcast.service import BroadcastRunner
+from core.messaging.service import build_messaging_service
+from core.platform.i18n import escape
+from core.platform.migrate import upgrade_to_head_async
+from core.platform.outbox import OutboxDispatcher
+from core.platform.scheduler import Scheduler
+from core.platform.settings import Settings
 from core.services import Services, build_services
-from core.settings import Settings
-from core.verification import build_verification_service
+from core.verification.service import build_verification_service
 from core.version import __version__
 from webhooks import textverified
 from webhooks import twilio as twilio_webhooks
@@ -41,7 +41,7 @@ class Component(Protocol):
 
 async def _health_alerts(services: Services) -> None:
     """Low provider balances, repeated provider failures and parked deliveries, told to admins once."""
-    from core.health import check_and_alert, refresh_gauges
+    from core.admin.health import check_and_alert, refresh_gauges
 
     await check_and_alert(services, await refresh_gauges(services, max_age=0))
 

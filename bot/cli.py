@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from core.logging_setup import configure_logging
-from core.sandbox import MissingCredentials, plan_providers
-from core.settings import Settings, SettingsError, load_settings
+from core.platform.logging_setup import configure_logging
+from core.platform.settings import Settings, SettingsError, load_settings
+from core.providers.plan import MissingCredentials, plan_providers
 from core.version import __version__
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _load()
     configure_logging(settings.log_level, settings.log_format.value)
     if args.command == "migrate":
-        from core.migrate import upgrade_to_head
+        from core.platform.migrate import upgrade_to_head
 
         upgrade_to_head(settings.database_url)
         print("database schema is up to date")

@@ -16,8 +16,8 @@ from typing import TextIO
 from bot.handlers import router
 from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef
-from core.accounts import Contact
-from core.outbox import OutgoingMessage
+from core.money.accounts import Contact
+from core.platform.outbox import OutgoingMessage
 from core.services import Services
 
 log = logging.getLogger(__name__)

@@ -47,13 +47,13 @@ from bot.handlers import router
 from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef, screen_from_outgoing
 from bot.render import escape_markdown, plain_text, split_markdown, to_markdown
-from core.accounts import Contact
-from core.i18n import DEFAULT_LANGUAGE, LANGUAGES, t
+from core.admin.stats import PERIODS as STATS_PERIODS
 from core.models import ChatIdentity, User
-from core.outbox import DeliveryError, OutgoingMessage
+from core.money.accounts import Contact
+from core.platform.i18n import DEFAULT_LANGUAGE, LANGUAGES, t
+from core.platform.outbox import DeliveryError, OutgoingMessage
+from core.platform.settings import TIER_NAMES
 from core.services import Services
-from core.settings import TIER_NAMES
-from core.stats import PERIODS as STATS_PERIODS
 
 log = logging.getLogger(__name__)
 

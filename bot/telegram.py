@@ -39,9 +39,9 @@ from bot.handlers import router, topup
 from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef
 from bot.render import plain_text as _plain
-from core.accounts import Contact
-from core.i18n import t
-from core.outbox import DeliveryError, OutgoingMessage
+from core.money.accounts import Contact
+from core.platform.i18n import t
+from core.platform.outbox import DeliveryError, OutgoingMessage
 from core.services import Services
 
 log = logging.getLogger(__name__)

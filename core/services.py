@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.db import Database
-from core.metrics import Metrics
-from core.sandbox import ProviderPlan, plan_providers, signup_bonus_cents
-from core.settings import Settings
+from core.platform.db import Database
+from core.platform.metrics import Metrics
+from core.platform.settings import Settings
+from core.providers.plan import ProviderPlan, plan_providers, signup_bonus_cents
 
 
 @dataclass
@@ -24,10 +24,10 @@ class Services:
     started_monotonic: float = field(default_factory=time.monotonic)
     # Domain services, built by the composition root (bot/app.py) from the provider plan. Typed loosely here so
     # this container stays importable by every layer; each module documents its own service class.
-    verification: Any = None  # core.verification.VerificationService
-    messaging: Any = None  # core.messaging.MessagingService
-    ai: Any = None  # core.ai_service.AiService
-    outbox: Any = None  # core.outbox.OutboxDispatcher
+    verification: Any = None  # core.verification.service.VerificationService
+    messaging: Any = None  # core.messaging.service.MessagingService
+    ai: Any = None  # core.ai.service.AiService
+    outbox: Any = None  # core.platform.outbox.OutboxDispatcher
     # Set by the Telegram front end at start-up: asks Telegram to refund a Stars charge (user id, charge id).
     stars_refunder: Callable[[str, str], Awaitable[None]] | None = None
 

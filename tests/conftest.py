@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.db import Database
 from core.models import Base
+from core.platform.db import Database
+from core.platform.settings import Settings
 from core.services import Services, build_services
-from core.settings import Settings
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 PG_MISSING = "PostgreSQL tests need TEST_DATABASE_URL (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/postgres)"

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.telegram import TelegramFrontEnd
-from core.db import Database
-from core.messaging import build_messaging_service
-from core.outbox import OutboxDispatcher
+from core.messaging.service import build_messaging_service
+from core.platform.db import Database
+from core.platform.outbox import OutboxDispatcher
 from core.services import Services, build_services
-from core.verification import build_verification_service
+from core.verification.service import build_verification_service
 from tests.conftest import make_settings
 from tests.fakes.telegram_api import Call, FakeTelegramServer, FakeUser
 from webhooks.server import WebServer, create_app

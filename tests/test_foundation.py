@@ -12,9 +12,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from core.sandbox import MissingCredentials, plan_providers, signup_bonus_cents
+from core.platform.settings import Settings, SettingsError, load_settings
+from core.providers.plan import MissingCredentials, plan_providers, signup_bonus_cents
 from core.services import Services
-from core.settings import Settings, SettingsError, load_settings
 from tests.conftest import make_settings
 from tests.readme_commands import quick_start_commands
 from webhooks.server import create_app
@@ -100,7 +100,7 @@ async def test_health_ready_and_metrics(services: Services) -> None:
 
 
 async def test_readyz_is_503_when_the_database_is_gone(tmp_path: Path) -> None:
-    from core.db import Database
+    from core.platform.db import Database
     from core.services import build_services
 
     settings = make_settings("postgresql+asyncpg://nobody@127.0.0.1:1/none")
@@ -143,7 +143,7 @@ def test_readme_configuration_table_matches_settings() -> None:
 
 
 def test_readme_tier_table_matches_defaults() -> None:
-    from core.settings import DEFAULT_TIERS
+    from core.platform.settings import DEFAULT_TIERS
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     for name, limits in DEFAULT_TIERS.items():

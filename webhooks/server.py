@@ -14,7 +14,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from core.health import refresh_gauges
+from core.admin.health import refresh_gauges
 from core.services import Services
 from core.version import __version__
 

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from core.clock import utcnow
+from core.platform.clock import utcnow
 from core.providers.verification import WEBHOOK_SIGNATURE_HEADER, ProviderError, verify_webhook_signature
 from webhooks.server import SERVICES
 

@@ -9,8 +9,8 @@ from datetime import datetime
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from core.clock import utcnow
-from core.messaging import TWILIO_SMS_PATH, TWILIO_STATUS_PATH
+from core.messaging.service import TWILIO_SMS_PATH, TWILIO_STATUS_PATH
+from core.platform.clock import utcnow
 from core.providers.sms import parse_twilio_inbound, parse_twilio_status, validate_twilio_signature
 from core.services import Services
 from webhooks.server import SERVICES

@@ -6,9 +6,9 @@ from sqlalchemy import select
 
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
-from core import accounts, history, limits
-from core.i18n import LANGUAGES, Html, money, t
 from core.models import User
+from core.money import accounts, history, limits
+from core.platform.i18n import LANGUAGES, Html, money, t
 
 HISTORY_PAGE = 10
 

@@ -10,10 +10,11 @@ from bot.handlers.account import find_user, user_by_id
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
 from bot.render import plain_text
-from core import accounts, audit, ledger, limits, payments
-from core.i18n import Html, escape, money, parse_dollars
+from core.admin import audit
 from core.models import ChatIdentity, Message, Payment, User, Verification
-from core.settings import TIER_NAMES
+from core.money import accounts, ledger, limits, payments
+from core.platform.i18n import Html, escape, money, parse_dollars
+from core.platform.settings import TIER_NAMES
 
 
 async def _target(req: Request, usage_key: str, minimum_args: int) -> User | Screen:

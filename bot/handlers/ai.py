@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.handlers.router import Request, action, command, maps_errors, on_reply, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, SentRef, toast
-from core.ai_service import (
+from core.ai.service import (
     AiAnswer,
     AiNotFound,
     AiService,
@@ -22,8 +22,8 @@ from core.ai_service import (
     engine_label,
     service_for,
 )
-from core.i18n import Html, t
-from core.messaging import sent_text
+from core.messaging.service import sent_text
+from core.platform.i18n import Html, t
 from core.providers.ai import Analysis, one_line
 
 COPY_TEXT_MAX = 256  # Telegram's copy_text limit; a longer draft is copied from its <code> block instead

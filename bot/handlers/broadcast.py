@@ -11,11 +11,11 @@ from dataclasses import replace
 
 from bot.handlers.router import Request, action, command, set_prompt
 from bot.handlers.screens import Button, Screen, toast
-from core import broadcast as broadcasts
-from core import outbox
-from core.broadcast import DraftError, Segment
-from core.i18n import LANGUAGES, Html, t
+from core.broadcast import service as broadcasts
+from core.broadcast.service import DraftError, Segment
 from core.models import Broadcast
+from core.platform import outbox
+from core.platform.i18n import LANGUAGES, Html, t
 
 RECENT = 5
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen
-from core import health
-from core.i18n import Html, money
+from core.admin import health
+from core.platform.i18n import Html, money
 
 
 def _uptime(req: Request, seconds: float) -> Html:

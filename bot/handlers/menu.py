@@ -6,8 +6,8 @@ from sqlalchemy import delete
 
 from bot.handlers.router import COMMANDS, Request, action, admin_commands, command, user_commands
 from bot.handlers.screens import Button, Screen, toast
-from core.i18n import Html, money
 from core.models import KeyValue
+from core.platform.i18n import Html, money
 
 
 def main_menu(req: Request) -> list[list[Button]]:

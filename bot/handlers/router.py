@@ -15,12 +15,12 @@ from sqlalchemy import select
 
 from bot.handlers.screens import Button, Screen, SentRef, toast
 from bot.render import plain_text
-from core import accounts, ledger
-from core.accounts import AccountError, Contact
-from core.clock import utcnow
-from core.i18n import Html, money, t
-from core.limits import LimitReached
 from core.models import KeyValue, OutboxDelivery, User
+from core.money import accounts, ledger
+from core.money.accounts import AccountError, Contact
+from core.money.limits import LimitReached
+from core.platform.clock import utcnow
+from core.platform.i18n import Html, money, t
 from core.services import Services
 
 log = logging.getLogger(__name__)

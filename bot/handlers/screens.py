@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.outbox import OutButton, OutgoingMessage
+from core.platform.outbox import OutButton, OutgoingMessage
 
 MAX_ACTION_BYTES = 64  # Telegram's callback_data limit; Discord's custom_id allows 100
 

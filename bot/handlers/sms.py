@@ -8,8 +8,8 @@ import re
 from bot.handlers.numbers import messaging_errors  # noqa: F401 - registers the messaging error mapper
 from bot.handlers.router import Request, action, command, on_reply, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, SentRef, toast
-from core.i18n import Html
-from core.messaging import (
+from core.messaging.phone import InvalidPhoneNumber, normalize
+from core.messaging.service import (
     STATUS_ICONS,
     ConversationView,
     InvalidNumber,
@@ -17,7 +17,7 @@ from core.messaging import (
     display_number,
     sent_text,
 )
-from core.phone import InvalidPhoneNumber, normalize
+from core.platform.i18n import Html
 
 INBOX_PAGE = 8
 HISTORY_PAGE = 10

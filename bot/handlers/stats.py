@@ -7,8 +7,8 @@ import asyncio
 
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
-from core import stats
-from core.i18n import Html, money
+from core.admin import stats
+from core.platform.i18n import Html, money
 
 PURPOSES = ("verification", "sms", "number")
 

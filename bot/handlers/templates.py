@@ -15,12 +15,12 @@ from typing import Any
 from bot.handlers.ai import ai_service, answer_footer, privacy_buttons, send_sms_to
 from bot.handlers.router import Request, action, command, maps_errors, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, toast
-from core import templates
-from core.ai_service import AiTextTooLong, ConversationRef
-from core.clock import utcnow
-from core.i18n import Html, escape
+from core.ai.service import AiTextTooLong, ConversationRef
+from core.messaging import templates
+from core.messaging.templates import Template, TemplateError
 from core.models import KeyValue
-from core.templates import Template, TemplateError
+from core.platform.clock import utcnow
+from core.platform.i18n import Html, escape
 
 STATE_TTL = timedelta(hours=12)
 CARD_CONVERSATIONS = 4

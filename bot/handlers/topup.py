@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Invoice, Screen, toast
-from core import payments
-from core.accounts import Contact, find_identity
-from core.i18n import money, t
 from core.models import User
+from core.money import payments
+from core.money.accounts import Contact, find_identity
+from core.platform.i18n import money, t
 from core.services import Services
 
 

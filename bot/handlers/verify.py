@@ -7,10 +7,10 @@ import secrets
 
 from bot.handlers.router import Request, action, command, maps_errors, set_prompt
 from bot.handlers.screens import Button, Screen, SentRef, screen_from_outgoing, toast
-from core.i18n import Html, money
 from core.models import Verification
+from core.platform.i18n import Html, money
 from core.providers.verification import ProviderError, ServiceInfo
-from core.verification import (
+from core.verification.service import (
     ACTION_ANOTHER,
     ACTION_CANCEL,
     ACTION_DONE,

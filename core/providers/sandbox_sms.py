@@ -14,7 +14,7 @@ from typing import Any
 
 import phonenumbers
 
-from core.clock import utcnow
+from core.platform.clock import utcnow
 from core.providers.sms import (
     AvailableNumber,
     InboundSms,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.outbox import DeliveryError, OutgoingMessage
+from core.platform.outbox import DeliveryError, OutgoingMessage
 
 ErrorFactory = Callable[[], BaseException]
 
@@ -73,7 +73,7 @@ class _Failure:
 
 
 class RecordingSender:
-    """Implements core.outbox.ChatSender without a network.
+    """Implements core.platform.outbox.ChatSender without a network.
 
     `sent` holds accepted messages in order, `attempts` every call. `overlaps` counts sends that started while
     another send to the same chat was still running (a dispatcher must never do that), `max_in_flight` the

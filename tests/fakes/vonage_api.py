@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from core.clock import utcnow
+from core.platform.clock import utcnow
 from core.providers.sms import VonageSignatureMethod, compute_vonage_signature, is_gsm7, segment_count
 
 DEFAULT_API_KEY = "abcd1234"

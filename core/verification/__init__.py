@@ -1,0 +1,1 @@
+"""Phone verification: renting a temporary number, the hold-to-capture state machine, code extraction."""

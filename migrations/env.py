@@ -1,6 +1,7 @@
 """Alembic environment: runs migrations on the async engine named by the configuration's URL."""
 
 import asyncio
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import pool
@@ -8,9 +9,17 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from core.models import Base
+from core.platform.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
+
+if config.config_file_name:  # the alembic command line; `cumapp migrate` keeps the application's logging
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+# `cumapp migrate` passes the URL; `alembic …` from the project root (alembic.ini) takes DATABASE_URL like cumapp does.
+if not config.get_main_option("sqlalchemy.url"):
+    config.set_main_option("sqlalchemy.url", Settings().database_url.replace("%", "%%"))
 
 
 def _configure(connection: Connection) -> None:

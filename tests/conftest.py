@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -17,8 +18,36 @@ from core.platform.db import Database
 from core.platform.settings import Settings
 from core.services import Services, build_services
 
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-PG_MISSING = "PostgreSQL tests need TEST_DATABASE_URL (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/postgres)"
+LOCAL_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+async def _probe(url: str) -> None:
+    connection = await asyncpg.connect(url.replace("+asyncpg", "", 1), timeout=3)
+    await connection.close()
+
+
+def _find_postgres() -> tuple[str | None, str]:
+    """TEST_DATABASE_URL when set (empty turns PostgreSQL off), else a PostgreSQL answering on 127.0.0.1:5432."""
+    if "TEST_DATABASE_URL" in os.environ:
+        url = os.environ["TEST_DATABASE_URL"] or None
+        return url, "TEST_DATABASE_URL" if url else "TEST_DATABASE_URL is set empty"
+    try:
+        asyncio.run(_probe(LOCAL_PG_URL))
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        return None, f"nothing usable answers on 127.0.0.1:5432 ({type(error).__name__}) and TEST_DATABASE_URL is unset"
+    return LOCAL_PG_URL, "found on 127.0.0.1:5432; set TEST_DATABASE_URL to use another"
+
+
+TEST_DATABASE_URL, PG_SOURCE = _find_postgres()
+PG_MISSING = f"PostgreSQL tests skipped: {PG_SOURCE}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One line at the top of every run, -q included: whether the PostgreSQL half of the suite runs, and why."""
+    line = f"PostgreSQL tests run ({PG_SOURCE})" if TEST_DATABASE_URL else PG_MISSING
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"cumapp: {line}")
 
 # Settings must never come from a developer's .env or shell during tests.
 for _name in list(os.environ):

@@ -9,7 +9,7 @@ from datetime import datetime
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from core.messaging.service import TWILIO_SMS_PATH, TWILIO_STATUS_PATH
+from core.messaging.gateway import TWILIO_SMS_PATH, TWILIO_STATUS_PATH
 from core.platform.clock import utcnow
 from core.providers.sms import parse_twilio_inbound, parse_twilio_status, validate_twilio_signature
 from core.services import Services

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from core.messaging.service import VONAGE_INBOUND_PATH, VONAGE_STATUS_PATH
+from core.messaging.gateway import VONAGE_INBOUND_PATH, VONAGE_STATUS_PATH
 from core.platform.clock import utcnow
 from core.providers.sms import parse_vonage_inbound, parse_vonage_status, validate_vonage_signature
 from core.services import Services

@@ -22,7 +22,7 @@ from core.ai.service import (
     engine_label,
     service_for,
 )
-from core.messaging.service import sent_text
+from core.messaging.relay import sent_text
 from core.platform.i18n import Html, t
 from core.providers.ai import Analysis, one_line
 

@@ -6,10 +6,12 @@ import re
 
 from bot.handlers.router import Request, action, command, maps_errors, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, toast
-from core.messaging.phone import country_name
-from core.messaging.service import MessagingError, MessagingService, NotYours, display_number
+from core.messaging.errors import MessagingError, NotYours
+from core.messaging.relay import display_number
+from core.messaging.service import MessagingService
 from core.models import PhoneNumber, User
 from core.platform.i18n import Html, money
+from core.platform.phone import country_name
 
 # Countries offered by Buy, in this order; NANP countries get the area-code step.
 COUNTRIES = ("US", "CA", "GB")

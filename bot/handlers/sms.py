@@ -8,16 +8,12 @@ import re
 from bot.handlers.numbers import messaging_errors  # noqa: F401 - registers the messaging error mapper
 from bot.handlers.router import Request, action, command, on_reply, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, SentRef, toast
-from core.messaging.phone import InvalidPhoneNumber, normalize
-from core.messaging.service import (
-    STATUS_ICONS,
-    ConversationView,
-    InvalidNumber,
-    MessagingService,
-    display_number,
-    sent_text,
-)
+from core.messaging.errors import InvalidNumber
+from core.messaging.relay import STATUS_ICONS, display_number, sent_text
+from core.messaging.results import ConversationView
+from core.messaging.service import MessagingService
 from core.platform.i18n import Html
+from core.platform.phone import InvalidPhoneNumber, normalize
 
 INBOX_PAGE = 8
 HISTORY_PAGE = 10

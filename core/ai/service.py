@@ -10,140 +10,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.ai import prompts as ai_prompts
+from core.ai import conversations
+from core.ai.answers import RULES_ENGINE, AiAnswer, AiNotFound, AiTextTooLong, ConversationRef, T
 from core.ai.assistant import AiAssistant
+from core.ai.drafts import DraftSet, DraftStore, replace_draft
 from core.ai.fallback import FallbackEngine
-from core.messaging.phone import InvalidPhoneNumber, format_international
-from core.models import AiUsage, Conversation, KeyValue, Message, User
-from core.platform.clock import utc_today, utcnow
+from core.ai.notes import engine_label, relay_note
+from core.models import AiUsage, User
+from core.platform.clock import utc_today
 from core.platform.db import Database
-from core.platform.i18n import Html, escape, t
 from core.platform.metrics import Metrics
 from core.platform.settings import Settings
+from core.providers import ai_prompts
 from core.providers.ai import Analysis, ChatTurn, Drafts, TemplateDraft
 from core.providers.plan import ProviderPlan
 
+# The names the chat and messaging import from here; they live in the modules named above.
+__all__ = [
+    "RULES_ENGINE", "AiAnswer", "AiNotFound", "AiService", "AiTextTooLong", "ConversationRef", "DraftSet",
+    "build_ai_assistant", "engine_label", "relay_note", "service_for",
+]
+
 log = logging.getLogger(__name__)
 
-RULES_ENGINE = FallbackEngine.name
 # The contract promises an AI answer within 5 s even when Groq hangs; the rest is for the database and the chat.
 ANSWER_BUDGET_SECONDS = 4.0
 # A relayed SMS waits for its automatic analysis, so that wait is kept shorter than a requested answer's.
 AUTO_ANALYSIS_SECONDS = 2.0
 ANALYZE_MAX_CHARS = ai_prompts.SMS_MAX_CHARS
 DESCRIPTION_MAX_CHARS = ai_prompts.DESCRIPTION_MAX_CHARS
-HISTORY_TURNS = ai_prompts.HISTORY_MAX_TURNS
-DRAFTS_TTL = timedelta(days=1)
-# Messages that never reached the other party are not part of what they read.
-_UNSENT_STATUSES = ("failed", "undelivered", "rejected")
 
-T = TypeVar("T", Analysis, Drafts, TemplateDraft)
 _Standing = tuple[bool, int, int]
-
-
-class AiNotFound(LookupError):
-    """The message or conversation does not exist or belongs to someone else (both read the same)."""
-
-
-class AiTextTooLong(ValueError):
-    """A text given to analyse (or a template description) is longer than an AI request may carry."""
-
-    def __init__(self, limit: int, length: int) -> None:
-        super().__init__(f"{length} characters, at most {limit}")
-        self.limit = limit
-        self.length = length
-
-
-@dataclass(frozen=True)
-class ConversationRef:
-    """Enough of a conversation to show it and to send into it."""
-
-    id: int
-    phone_number_id: int
-    remote_e164: str
-    contact_name: str | None = None
-
-    @property
-    def number(self) -> str:
-        try:
-            return format_international(self.remote_e164)
-        except InvalidPhoneNumber:
-            return self.remote_e164
-
-    @property
-    def label(self) -> str:
-        """How a button or a title names the other party: "Ann (+1 415-555-0100)" or just the number."""
-        return f"{self.contact_name} ({self.number})" if self.contact_name else self.number
-
-
-@dataclass(frozen=True)
-class AiAnswer(Generic[T]):
-    """One answer for the chat, with everything the chat must say about where it came from."""
-
-    value: T
-    tokens: int = 0
-    opted_in: bool = False  # the user allows their text to go to the model
-    over_limit: bool = False  # opted in, but today's model tokens are spent: the rules answered
-    fell_back: bool = False  # the model was asked but failed or was too slow: the rules answered
-    tokens_today: int = 0
-    tokens_allowed: int = 0
-    conversation: ConversationRef | None = None
-    message_id: int | None = None
-    subject: str | None = None  # the inbound SMS answered or analysed, for the chat to quote
-
-    @property
-    def engine(self) -> str:
-        return self.value.engine
-
-    @property
-    def from_model(self) -> bool:
-        return self.value.engine != RULES_ENGINE
-
-
-@dataclass
-class DraftSet:
-    """Three drafts kept between the screen that shows them and the button that sends one."""
-
-    key: str
-    user_id: int
-    conversation: ConversationRef
-    message_id: int | None
-    drafts: list[str]
-    engine: str
-    subject: str | None = None
-    sent: list[int] = field(default_factory=list)
-
-    def to_value(self) -> dict[str, Any]:
-        c = self.conversation
-        return {
-            "user_id": self.user_id,
-            "conversation": [c.id, c.phone_number_id, c.remote_e164, c.contact_name],
-            "message_id": self.message_id,
-            "drafts": list(self.drafts),
-            "engine": self.engine,
-            "subject": self.subject,
-            "sent": list(self.sent),
-        }
-
-    @classmethod
-    def from_value(cls, key: str, value: dict[str, Any]) -> DraftSet:
-        cid, number_id, remote, name = value["conversation"]
-        return cls(
-            key=key, user_id=int(value["user_id"]),
-            conversation=ConversationRef(int(cid), int(number_id), str(remote), name),
-            message_id=value.get("message_id"), drafts=[str(d) for d in value["drafts"]],
-            engine=str(value["engine"]), subject=value.get("subject"), sent=[int(i) for i in value.get("sent", [])],
-        )
 
 
 # --- building ----------------------------------------------------------------------------------------------------
@@ -203,6 +108,7 @@ class AiService:
         self._metrics = metrics
         self._auto_seconds = auto_analysis_seconds
         self._pending: set[asyncio.Task[None]] = set()
+        self._drafts_store = DraftStore(db)
 
     @property
     def assistant(self) -> AiAssistant:
@@ -230,8 +136,8 @@ class AiService:
     async def analyze_message(self, user: User, message_id: int) -> AiAnswer[Analysis]:
         """The analysis of one of the user's SMS (the Analyze button of a relayed message)."""
         async with self._db.read() as session:
-            message = await self._message(session, user.id, message_id)
-            conversation = await self._conversation(session, user.id, message.conversation_id)
+            message = await conversations.message_of(session, user.id, message_id)
+            conversation = await conversations.conversation_of(session, user.id, message.conversation_id)
             standing = await self._standing(session, user.id)
         body = message.body[:ANALYZE_MAX_CHARS]
         answer = await self._ask(user, standing, lambda allowed: self._assistant.analyze(body, opted_in=allowed))
@@ -240,21 +146,21 @@ class AiService:
     async def drafts_for_message(self, user: User, message_id: int) -> AiAnswer[Drafts]:
         """Three replies to one SMS, written from the conversation up to and including it."""
         async with self._db.read() as session:
-            message = await self._message(session, user.id, message_id)
-            conversation = await self._conversation(session, user.id, message.conversation_id)
+            message = await conversations.message_of(session, user.id, message_id)
+            conversation = await conversations.conversation_of(session, user.id, message.conversation_id)
             if conversation is None:
                 raise AiNotFound(f"message {message_id} has no conversation")
-            turns = await self._history(session, conversation.id, up_to=message.id)
+            turns = await conversations.history(session, conversation.id, up_to=message.id)
             standing = await self._standing(session, user.id)
         return await self._drafts(user, standing, conversation, turns, message_id=message.id)
 
     async def drafts_for_conversation(self, user: User, conversation_id: int) -> AiAnswer[Drafts]:
         """Three replies to the latest messages of a conversation (`/suggest`)."""
         async with self._db.read() as session:
-            conversation = await self._conversation(session, user.id, conversation_id)
+            conversation = await conversations.conversation_of(session, user.id, conversation_id)
             if conversation is None:
                 raise AiNotFound(f"conversation {conversation_id}")
-            turns = await self._history(session, conversation.id)
+            turns = await conversations.history(session, conversation.id)
             standing = await self._standing(session, user.id)
         return await self._drafts(user, standing, conversation, turns, message_id=None)
 
@@ -300,52 +206,25 @@ class AiService:
     async def recent_conversations(self, user_id: int, limit: int = 8) -> list[ConversationRef]:
         """The user's conversations, the most recently active first."""
         async with self._db.read() as session:
-            rows = await session.scalars(
-                select(Conversation)
-                .where(Conversation.user_id == user_id)
-                .order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
-                .limit(limit)
-            )
-            return [_ref(row) for row in rows]
+            return await conversations.recent(session, user_id, limit)
 
     async def conversation(self, user_id: int, conversation_id: int) -> ConversationRef:
         async with self._db.read() as session:
-            found = await self._conversation(session, user_id, conversation_id)
+            found = await conversations.conversation_of(session, user_id, conversation_id)
         if found is None:
             raise AiNotFound(f"conversation {conversation_id}")
         return found
 
     async def remember_drafts(self, user_id: int, answer: AiAnswer[Drafts]) -> DraftSet:
         """Keep the drafts for a day so Send, Edit and Regenerate act on exactly what the user saw."""
-        assert answer.conversation is not None
-        draft_set = DraftSet(
-            key=secrets.token_urlsafe(8), user_id=user_id, conversation=answer.conversation,
-            message_id=answer.message_id, drafts=list(answer.value.drafts), engine=answer.engine,
-            subject=answer.subject,
-        )
-        await self.save_drafts(draft_set)
-        return draft_set
+        return await self._drafts_store.remember(user_id, answer)
 
     async def save_drafts(self, draft_set: DraftSet) -> None:
-        key = f"aidrafts:{draft_set.key}"
-        async with self._db.transaction() as session:
-            row = await session.get(KeyValue, key, with_for_update=True)
-            if row is None:
-                session.add(KeyValue(key=key, value=draft_set.to_value(), expires_at=utcnow() + DRAFTS_TTL))
-            else:
-                row.value = draft_set.to_value()
+        await self._drafts_store.save(draft_set)
 
     async def load_drafts(self, user_id: int, key: str) -> DraftSet | None:
         """The drafts stored under `key` when they are this user's and not expired, else None."""
-        async with self._db.read() as session:
-            row = await session.get(KeyValue, f"aidrafts:{key}")
-        if row is None or (row.expires_at is not None and row.expires_at < utcnow()):
-            return None
-        try:
-            draft_set = DraftSet.from_value(key, dict(row.value))
-        except (KeyError, TypeError, ValueError):
-            return None
-        return draft_set if draft_set.user_id == user_id else None
+        return await self._drafts_store.load(user_id, key)
 
     async def regenerate(self, user: User, draft_set: DraftSet, index: int) -> tuple[AiAnswer[Drafts], bool]:
         """Replace draft `index` by a new one that differs from the other drafts; False when none does.
@@ -356,13 +235,8 @@ class AiService:
             answer = await self.drafts_for_message(user, draft_set.message_id)
         else:
             answer = await self.drafts_for_conversation(user, draft_set.conversation.id)
-        shown = {text.casefold() for text in draft_set.drafts}
-        fresh = next((text for text in answer.value.drafts if text.casefold() not in shown), None)
-        if fresh is None:
+        if not replace_draft(draft_set, index, answer):
             return answer, False
-        draft_set.drafts[index] = fresh
-        draft_set.engine = answer.engine
-        draft_set.sent = [i for i in draft_set.sent if i != index]
         await self.save_drafts(draft_set)
         return answer, True
 
@@ -448,57 +322,3 @@ class AiService:
         except Exception:
             # The user already has the answer they paid for; a lost count must not turn into an error.
             log.warning("recording %d AI tokens for user %s failed", tokens, user_id, exc_info=True)
-
-    @staticmethod
-    async def _message(session: AsyncSession, user_id: int, message_id: int) -> Message:
-        message = await session.get(Message, message_id)
-        if message is None or message.user_id != user_id:
-            raise AiNotFound(f"message {message_id}")
-        return message
-
-    @staticmethod
-    async def _conversation(session: AsyncSession, user_id: int, conversation_id: int | None) -> ConversationRef | None:
-        if conversation_id is None:
-            return None
-        row = await session.get(Conversation, conversation_id)
-        if row is None or row.user_id != user_id:
-            raise AiNotFound(f"conversation {conversation_id}")
-        return _ref(row)
-
-    @staticmethod
-    async def _history(session: AsyncSession, conversation_id: int, *, up_to: int | None = None) -> list[ChatTurn]:
-        statement = select(Message.direction, Message.body).where(
-            Message.conversation_id == conversation_id, Message.status.not_in(_UNSENT_STATUSES)
-        )
-        if up_to is not None:
-            statement = statement.where(Message.id <= up_to)
-        rows = (await session.execute(statement.order_by(Message.id.desc()).limit(HISTORY_TURNS))).all()
-        return [ChatTurn(direction=direction, text=body) for direction, body in reversed(rows) if body]
-
-
-def _ref(row: Conversation) -> ConversationRef:
-    return ConversationRef(row.id, row.phone_number_id, row.remote_e164, row.contact_name)
-
-
-# --- wording shared by every place that shows an AI answer ----------------------------------------------------------
-
-
-def engine_label(locale: str, engine: str) -> Html:
-    """"Groq (openai/gpt-oss-20b)" or "offline rules": who produced an answer, as the user reads it."""
-    if engine.startswith("groq:"):
-        return t(locale, "ai_engine_groq", model=engine.split(":", 1)[1])
-    if engine == RULES_ENGINE:
-        return t(locale, "ai_engine_rules")
-    return escape(engine)
-
-
-def relay_note(locale: str, analysis: Analysis) -> Html:
-    """The line automatic analysis adds under a relayed SMS: a warning for a scam, else a short summary."""
-    engine = engine_label(locale, analysis.engine)
-    if analysis.intent == "spam_phishing" or analysis.warning:
-        warning = analysis.warning or t(locale, "ai_intent_spam_phishing")
-        return t(locale, "ai_relay_warning", warning=warning, engine=engine)
-    return t(
-        locale, "ai_relay_note", intent=t(locale, f"ai_intent_{analysis.intent}"),
-        urgency=t(locale, f"ai_urgency_{analysis.urgency}"), engine=engine,
-    )

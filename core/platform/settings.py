@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from enum import StrEnum
 from typing import Annotated, Any
@@ -75,6 +77,15 @@ def _split_csv(value: Any) -> Any:
 CsvInts = Annotated[list[int], NoDecode]
 
 
+def _is_fernet_key(key: str) -> bool:
+    if len(key) != 44:
+        return False
+    try:
+        return len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+    except (ValueError, binascii.Error):
+        return False
+
+
 class Settings(BaseSettings):
     """Every setting of CONTRACT.md plus a few of our own; field names are the environment names, lower-cased."""
 
@@ -138,6 +149,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.CONSOLE
 
+    # Comma-separated Fernet keys: the first encrypts, every one decrypts (rotation). Unset in sandbox: a key file.
+    data_encryption_keys: SecretStr | None = None
+
     @field_validator(
         "discord_guild_ids", "admin_telegram_ids", "admin_discord_ids", "topup_star_amounts", mode="before"
     )
@@ -178,6 +192,28 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("allowed: an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("data_encryption_keys")
+    @classmethod
+    def _encryption_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        keys = [key.strip() for key in value.get_secret_value().split(",") if key.strip()]
+        if not keys:
+            return None
+        for position, key in enumerate(keys, start=1):
+            if not _is_fernet_key(key):
+                raise ValueError(
+                    f"key {position} is not 32 random bytes in URL-safe base64 (44 characters, as "
+                    "Fernet.generate_key() makes)"
+                )
+        return SecretStr(",".join(keys))
+
+    def encryption_keys(self) -> list[str]:
+        """The configured data keys, newest (encrypting) first; empty when unset."""
+        if self.data_encryption_keys is None:
+            return []
+        return self.data_encryption_keys.get_secret_value().split(",")
 
     @field_validator("tier_limits", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from groq import AsyncGroq
 from groq.types.chat import ChatCompletion
 from pydantic import SecretStr, ValidationError
 
-from core.ai import prompts as ai_prompts
+from core.providers import ai_prompts
 from core.providers.ai import (
     AiEngineError,
     AiOutputInvalid,

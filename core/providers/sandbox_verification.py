@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.providers.textverified import parse_webhook_body
+from core.providers.textverified_parse import parse_webhook_body
 from core.providers.verification import (
     InsufficientBalance,
     NotAllowed,

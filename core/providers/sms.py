@@ -15,8 +15,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import phonenumbers
 from twilio.request_validator import RequestValidator
 
-from core.messaging.sms_encoding import sms_parts
 from core.platform.clock import utcnow
+from core.providers.sms_encoding import sms_parts
 
 SendStatus = Literal["queued", "accepted", "sent"]
 DeliveryStatus = Literal["queued", "sending", "sent", "delivered", "undelivered", "failed"]

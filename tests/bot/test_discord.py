@@ -703,7 +703,7 @@ async def test_the_outbox_edits_an_answer_in_place_even_an_ephemeral_one(db: Dat
         assert not h.fake.dm_messages(217)
 
         # An answer this process cannot edit any more (another process, an expired token): a new DM instead.
-        h.front._editors.clear()
+        h.front.shown._editors.clear()
         message_id = await h.front.sender.send("217", Edit(text="⌛ Expired", edit_message_id=refs[0].message_id))
         [dm] = h.fake.dm_messages(217)
         assert message_id == dm["id"] and dm["content"] == "⌛ Expired"

@@ -20,6 +20,7 @@ from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.db import Database
 from core.platform.outbox import OutgoingMessage
+from core.platform.outbox import store as outbox_store
 from core.providers.sandbox_sms import SandboxSmsProvider
 from core.services import Services, build_services
 from tests.core.messaging.test_service import PUBLIC, count, deliveries, give_number, new_user, sms_settings
@@ -179,6 +180,7 @@ async def test_message_and_delivery_are_written_in_one_transaction(
         raise RuntimeError("outbox down")
 
     monkeypatch.setattr(outbox, "enqueue", broken)
+    monkeypatch.setattr(outbox_store, "enqueue", broken)  # enqueue_for_user's own reference
     hook = twilio_inbound("atomic")
     assert (await hooks.twilio(hook))[0] == 500  # Twilio retries a 5xx
     assert await count(db, Message) == 0

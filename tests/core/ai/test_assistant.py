@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 
-from core.ai import prompts as ai_prompts
 from core.ai.assistant import AiAssistant, BreakerState
 from core.ai.fallback import FallbackEngine
+from core.providers import ai_prompts
 from core.providers.ai import AiEngine, ChatTurn, Drafts
 from core.providers.groq import GroqEngine, parse_retry_after
 from tests.fakes.groq_api import CHAT_PATH, FakeGroqServer

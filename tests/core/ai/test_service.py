@@ -14,17 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from core.ai.answers import AiNotFound, AiTextTooLong
 from core.ai.assistant import AiAssistant, BreakerState
 from core.ai.fallback import FallbackEngine
-from core.ai.service import (
-    AiNotFound,
-    AiService,
-    AiTextTooLong,
-    build_ai_assistant,
-    engine_label,
-    relay_note,
-    service_for,
-)
+from core.ai.notes import engine_label, relay_note
+from core.ai.service import AiService, build_ai_assistant, service_for
 from core.models import AiUsage, Conversation, Message, PhoneNumber, User
 from core.money import limits
 from core.platform.clock import utc_today, utcnow

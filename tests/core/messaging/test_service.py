@@ -11,13 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from core.messaging.service import (
-    InvalidNumber,
-    MessagingError,
-    MessagingService,
-    ProviderRefused,
-    build_messaging_service,
-)
+from core.messaging.errors import InvalidNumber, MessagingError, ProviderRefused
+from core.messaging.service import MessagingService, build_messaging_service
 from core.models import Conversation, Hold, KeyValue, Message, OutboxDelivery, PhoneNumber, User
 from core.money import accounts, ledger
 from core.money.accounts import Contact
@@ -594,13 +589,13 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
         assert first.conversation_id is not None
         await service.block(user.id, first.conversation_id)
         sizes: list[int] = []
-        original = service._store_batch
+        original = service.inbound._store_batch
 
         async def spy(batch: Any) -> Any:
             sizes.append(len(batch))
             return await original(batch)
 
-        service._store_batch = spy  # type: ignore[method-assign]
+        service.inbound._store_batch = spy  # type: ignore[method-assign]
         sms = [inbound(own.e164, OUTSIDE, f"burst {i}", sid=f"BURST{i}") for i in range(10)]
         sms += [inbound(own.e164, OUTSIDE, "burst 3", sid="BURST3"), inbound(own.e164, OUTSIDE, "burst 4", sid="BURST4")]
         sms += [inbound(own.e164, stopper, "STOP", sid="STOP1")]

@@ -31,6 +31,7 @@ from core.platform.outbox import (
     enqueue,
     enqueue_for_user,
     outbox_health,
+    wake,
 )
 from tests.fakes.chat_sender import RecordingSender, rate_limited, server_error
 
@@ -38,7 +39,7 @@ from tests.fakes.chat_sender import RecordingSender, rate_limited, server_error
 @pytest.fixture(autouse=True)
 def _no_waker_left_behind() -> Iterator[None]:
     yield
-    assert outbox._wakers == [], "a dispatcher was not stopped"
+    assert wake._wakers == [], "a dispatcher was not stopped"
 
 
 def _message(text: str) -> OutgoingMessage:
@@ -251,8 +252,8 @@ def test_wakers_can_be_scoped_to_one_engine() -> None:
     unregister_a = outbox.register_waker(lambda: calls.append("a"), engine=engine_a)  # type: ignore[arg-type]
     unregister_all = outbox.register_waker(lambda: calls.append("all"))
     try:
-        outbox._fire_wakers(engine_b)  # type: ignore[arg-type]
-        outbox._fire_wakers(engine_a)  # type: ignore[arg-type]
+        wake._fire_wakers(engine_b)  # type: ignore[arg-type]
+        wake._fire_wakers(engine_a)  # type: ignore[arg-type]
     finally:
         unregister_a()
         unregister_all()

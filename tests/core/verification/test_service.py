@@ -24,14 +24,11 @@ from core.providers.plan import ProviderPlan
 from core.providers.sandbox_verification import SandboxVerificationProvider
 from core.providers.verification import InsufficientBalance, ProviderSms, Unavailable
 from core.providers.verification import WebhookEvent as ProviderEvent
-from core.verification.service import (
-    EventOutcome,
-    VerificationService,
-    WrongState,
-    build_verification_service,
-    price_with_markup,
-    status_message,
-)
+from core.verification.cards import status_message
+from core.verification.catalogue import price_with_markup
+from core.verification.errors import WrongState
+from core.verification.relay import EventOutcome
+from core.verification.service import VerificationService, build_verification_service
 from tests.conftest import make_settings
 from tests.fakes.chat_sender import RecordingSender
 from tests.fakes.textverified_api import FakeTextVerifiedServer

@@ -1,10 +1,10 @@
-"""Tests for SMS encoding detection and segment counting (core.messaging.sms_encoding)."""
+"""Tests for SMS encoding detection and segment counting (core.providers.sms_encoding)."""
 
 import dataclasses
 
 import pytest
 
-from core.messaging.sms_encoding import SmsParts, sms_parts
+from core.providers.sms_encoding import SmsParts, sms_parts
 
 GSM_BASIC_SAMPLE = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡AZÄÖÑÜ§¿azäöñüà"
 

@@ -1,8 +1,8 @@
-"""Tests for phone-number normalisation and display (core.messaging.phone)."""
+"""Tests for phone-number normalisation and display (core.platform.phone)."""
 
 import pytest
 
-from core.messaging.phone import InvalidPhoneNumber, country_name, format_international, normalize, region_of
+from core.platform.phone import InvalidPhoneNumber, country_name, format_international, normalize, region_of
 
 
 @pytest.mark.parametrize(

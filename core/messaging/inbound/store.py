@@ -1,0 +1,138 @@
+"""Storing one inbound SMS and queueing its relay in the caller's transaction: the owner found in one query,
+STOP/START keywords applied, blocked senders stored but not relayed, unknown destinations reported to admins."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.admin.alerts import alert_admins
+from core.messaging.relay import RELAY_PRIORITY, relay_message
+from core.messaging.results import InboundOutcome
+from core.messaging.storage import conversation_between, insert_for
+from core.models import Conversation, Message, PhoneNumber, User
+from core.platform import outbox
+from core.platform.clock import utcnow
+from core.platform.i18n import escape
+from core.platform.settings import Settings
+from core.providers.sms import InboundSms
+from core.providers.sms_encoding import sms_parts
+
+log = logging.getLogger(__name__)
+
+# Carrier keywords (CTIA and the major aggregators); matched on the whole message, case and punctuation ignored.
+OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP"})
+
+# Automatic-analysis notes waiting for their relay, by (provider, provider message id).
+Notes = dict[tuple[str, str], str]
+
+
+def keyword(body: str) -> str:
+    return re.sub(r"[^A-Za-z]", "", body).upper()
+
+
+def inbound_row(
+    sms: InboundSms, user_id: int | None, conversation_id: int | None, received_at: datetime, now: datetime
+) -> dict[str, Any]:
+    """The Message columns of an inbound SMS, for one INSERT here or many in the group commit."""
+    parts = sms_parts(sms.body)
+    return {
+        "conversation_id": conversation_id, "user_id": user_id, "direction": "inbound", "provider": sms.provider,
+        "provider_message_id": sms.provider_message_id, "from_e164": sms.from_e164, "to_e164": sms.to_e164,
+        "body": sms.body, "media_urls": list(sms.media_urls), "status": "received", "segments": parts.segments,
+        "encoding": parts.encoding, "cost_cents": 0, "price_cents": 0, "received_at": received_at,
+        "created_at": now, "updated_at": now,
+    }
+
+
+async def _insert_inbound(
+    session: AsyncSession, sms: InboundSms, user_id: int | None, conversation_id: int | None, received_at: datetime,
+) -> int | None:
+    return await session.scalar(
+        insert_for(session)(Message)
+        .values(**inbound_row(sms, user_id, conversation_id, received_at, utcnow()))
+        .on_conflict_do_nothing(index_elements=["provider", "provider_message_id"])
+        .returning(Message.id)
+    )
+
+
+async def store_inbound(
+    session: AsyncSession, settings: Settings, notes: Notes, sms: InboundSms, received_at: datetime
+) -> InboundOutcome:
+    # One query finds the owner, their language and the thread (if any): this path runs for every SMS.
+    owner = (
+        await session.execute(
+            select(
+                PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale,
+                Conversation.id.label("conversation_id"), Conversation.blocked, Conversation.opted_out,
+                Conversation.contact_name,
+            )
+            .join(User, User.id == PhoneNumber.user_id)
+            .outerjoin(
+                Conversation,
+                and_(Conversation.phone_number_id == PhoneNumber.id, Conversation.remote_e164 == sms.from_e164),
+            )
+            .where(PhoneNumber.e164 == sms.to_e164, PhoneNumber.state == "active")
+            .order_by(PhoneNumber.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if owner is None:
+        message_id = await _insert_inbound(session, sms, None, None, received_at)
+        if message_id is None:
+            return InboundOutcome("duplicate")
+        log.warning("inbound %s SMS %s to %s: no active number owns it", sms.provider,
+                    sms.provider_message_id, sms.to_e164)
+        await alert_admins(
+            session, settings, kind="unknown destination", key=sms.to_e164[:128],
+            text=escape(f"{sms.provider} delivered an SMS to {sms.to_e164}, which no user owns "
+                        f"(message {message_id}). Check the number's webhook settings at the provider."),
+        )
+        return InboundOutcome("unknown_destination", message_id)
+
+    conversation_id, blocked, opted_out, contact_name = (
+        owner.conversation_id, bool(owner.blocked), bool(owner.opted_out), owner.contact_name
+    )
+    if conversation_id is None:
+        conversation = await conversation_between(session, owner.user_id, owner.id, sms.from_e164)
+        conversation_id, blocked, opted_out, contact_name = (
+            conversation.id, conversation.blocked, conversation.opted_out, conversation.contact_name
+        )
+    message_id = await _insert_inbound(session, sms, owner.user_id, conversation_id, received_at)
+    if message_id is None:
+        return InboundOutcome("duplicate", conversation_id=conversation_id)
+    word = keyword(sms.body) if len(sms.body) <= 20 else ""
+    changes: dict[str, Any] = {}
+    notice_key: str | None = None
+    if word in OPT_OUT_KEYWORDS and not opted_out:
+        changes["opted_out"], notice_key = True, "sms_stop_notice"
+    elif word in OPT_IN_KEYWORDS and opted_out:
+        changes["opted_out"], notice_key = False, "sms_start_notice"
+    if blocked:
+        if changes:
+            await session.execute(
+                update(Conversation).where(Conversation.id == conversation_id).values(**changes)
+                .execution_options(synchronize_session=False)
+            )
+        return InboundOutcome("blocked", message_id, conversation_id)
+    await session.execute(
+        update(Conversation).where(Conversation.id == conversation_id)
+        .values(unread_count=Conversation.unread_count + 1, last_message_at=received_at, **changes)
+        .execution_options(synchronize_session=False)
+    )
+    relay = relay_message(
+        owner.locale, message_id=message_id, conversation_id=conversation_id, from_e164=sms.from_e164,
+        own_e164=owner.e164, body=sms.body, media_urls=sms.media_urls, contact_name=contact_name,
+        notice_key=notice_key, note=notes.pop((sms.provider, sms.provider_message_id), None),
+    )
+    await outbox.enqueue_for_user(
+        session, owner.user_id, kind="sms", message=relay, dedupe_key=f"sms:{message_id}",
+        priority=RELAY_PRIORITY, source_received_at=received_at,
+    )
+    return InboundOutcome("relayed", message_id, conversation_id)

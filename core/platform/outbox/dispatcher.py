@@ -1,0 +1,318 @@
+"""The dispatcher: claims due deliveries, sends them concurrently, records outcomes, retries and recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.models import OutboxDelivery
+from core.platform.clock import utcnow
+from core.platform.db import Database
+from core.platform.metrics import Metrics
+from core.platform.outbox import store
+from core.platform.outbox.attempts import DeliveryAttempts
+from core.platform.outbox.messages import ChatSender
+from core.platform.outbox.store import Outcome, outbox_health
+from core.platform.outbox.wake import NotifyListener, register_waker, wait
+
+log = logging.getLogger(__name__)
+
+
+class OutboxDispatcher:
+    """Claims due deliveries, sends them through the platform's ChatSender and records what happened.
+
+    Delivery is at least once: a process that dies after the platform accepted a message but before the
+    database heard of it sends that message again after the claim expires.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        senders: dict[str, ChatSender],
+        *,
+        metrics: Metrics | None = None,
+        max_attempts: int = 8,
+        base_backoff: float = 0.5,
+        max_backoff: float = 300.0,
+        batch_size: int = 50,
+        concurrency: int = 16,
+        claim_seconds: float = 60,
+        on_parked: Callable[[OutboxDelivery], Awaitable[None]] | None = None,
+        instance_id: str | None = None,
+        poll_interval: float = 1.0,
+        send_timeout: float | None = None,
+    ) -> None:
+        if max_attempts < 1 or batch_size < 1 or concurrency < 1 or claim_seconds <= 0:
+            raise ValueError("max_attempts, batch_size, concurrency and claim_seconds must be positive")
+        self.db = db
+        self.senders = dict(senders)
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.claim_seconds = claim_seconds
+        self.on_parked = on_parked
+        self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # The fallback poll: catches notifications lost while the LISTEN connection was down.
+        self.poll_interval = poll_interval
+        self.attempts = DeliveryAttempts(
+            self.senders, metrics=metrics, max_attempts=max_attempts, base_backoff=base_backoff,
+            max_backoff=max_backoff,
+            # An attempt must end well inside its claim, or recovery elsewhere could send the message a second time.
+            send_timeout=send_timeout if send_timeout is not None else claim_seconds / 2,
+        )
+        self.maintenance_interval = max(0.05, min(claim_seconds / 2, 15.0))
+        self._is_postgresql = db.engine.dialect.name == "postgresql"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._listener = NotifyListener(
+            db.engine.url, self.instance_id, wakeup=self._wakeup, stop_event=self._stop_event
+        )
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: dict[asyncio.Task[None], OutboxDelivery] = {}
+        self._done: list[Outcome] = []
+        self._retry_timers: list[float] = []
+        self._unregister_waker: Callable[[], None] | None = None
+
+    @property
+    def listen_connects(self) -> int:
+        """LISTEN connections opened, for health pages and tests."""
+        return self._listener.connects
+
+    @property
+    def notifications_received(self) -> int:
+        """Notifications heard on the LISTEN connection, for health pages and tests."""
+        return self._listener.notifications_received
+
+    # -- lifecycle --
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._stopping
+
+    async def start(self) -> None:
+        """Recover expired claims, then dispatch in the background until `stop()`."""
+        if self._tasks:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        for flag in (self._wakeup, self._stop_event):
+            flag.clear()
+        self._listener.reset()
+        await self._recover()
+        self._unregister_waker = register_waker(self.wake, engine=self.db.engine.sync_engine)
+        if self._is_postgresql:
+            self._tasks.append(asyncio.create_task(self._listener.run(), name=f"outbox-listen-{self.instance_id}"))
+            try:
+                # Returning before LISTEN is in place would let a commit right after start() go unnoticed.
+                await asyncio.wait_for(self._listener.ready.wait(), timeout=5.0)
+            except TimeoutError:
+                log.warning("outbox %s: LISTEN not ready after 5 s; relying on polling", self.instance_id)
+        self._tasks.append(asyncio.create_task(self._maintain(), name=f"outbox-maintain-{self.instance_id}"))
+        self._tasks.append(asyncio.create_task(self._dispatch(), name=f"outbox-dispatch-{self.instance_id}"))
+        self._wakeup.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming; let in-flight sends finish for `grace` seconds, then release the rest to pending."""
+        if not self._tasks:
+            return
+        deadline = asyncio.get_running_loop().time() + grace
+        self._stopping = True
+        if self._unregister_waker is not None:
+            self._unregister_waker()
+            self._unregister_waker = None
+        for flag in (self._stop_event, self._wakeup):
+            flag.set()
+        self._listener.stop()
+        # The loops end on their own at the next check; cancelling one mid-transaction would waste a connection.
+        _, stuck = await asyncio.wait(self._tasks, timeout=max(grace, 1.0))
+        for task in stuck:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("outbox %s: task ended with an error", self.instance_id, exc_info=result)
+        self._tasks.clear()
+
+        if self._in_flight:
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=remaining)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._done:
+            try:
+                await self._cycle(limit=0)
+            except Exception:
+                log.exception(
+                    "outbox %s: could not record %d outcomes at stop; their claims will expire",
+                    self.instance_id, len(self._done),
+                )
+                self._done.clear()
+        self._retry_timers.clear()
+
+    def wake(self) -> None:
+        """Look for due deliveries now; safe to call from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._wakeup.set()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wakeup.set()
+        else:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def run_once(self) -> int:
+        """Claim one batch, send it and record the outcomes; returns how many deliveries were claimed.
+
+        For tests and benchmarks, and for a process that drives dispatching itself; not alongside `start()`.
+        """
+        async with self.db.transaction() as session:
+            claimed = await self._claim(session, self.batch_size)
+        if not claimed:
+            return 0
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def attempt(delivery: OutboxDelivery) -> Outcome:
+            async with semaphore:
+                return await self.attempts.attempt(delivery, delivery.attempts)
+
+        outcomes = await asyncio.gather(*(attempt(delivery) for delivery in claimed))
+        async with self.db.transaction() as session:
+            applied = await self._record(session, list(outcomes))
+        await self._after_record(applied)
+        return len(claimed)
+
+    # -- the loops --
+
+    async def _dispatch(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wakeup.clear()
+            limit = min(self.batch_size, self.concurrency - len(self._in_flight))
+            try:
+                claimed = await self._cycle(limit) if limit > 0 or self._done else []
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("outbox %s: claiming or recording failed", self.instance_id)
+                await wait(self._stop_event, min(30.0, 0.25 * 2**min(failures, 7)))
+                continue
+            for delivery in claimed:
+                task = asyncio.create_task(self._send_in_background(delivery), name=f"outbox-send-{delivery.id}")
+                self._in_flight[task] = delivery
+            if limit > 0 and len(claimed) == limit:
+                continue  # a full batch: more are probably due already
+            await wait(self._wakeup, self._next_timeout())
+
+    async def _send_in_background(self, delivery: OutboxDelivery) -> None:
+        task = asyncio.current_task()
+        outcome: Outcome | None = None
+        try:
+            outcome = await self.attempts.attempt(delivery, delivery.attempts)
+        finally:
+            if outcome is None:
+                # Cancelled at stop: give the delivery back rather than leave it claimed until it expires.
+                outcome = Outcome(
+                    delivery, delivery.attempts, "pending", utcnow(), next_attempt_at=utcnow(),
+                    error="released: dispatcher stopped during the send",
+                )
+            self._done.append(outcome)
+            if task is not None:
+                self._in_flight.pop(task, None)
+            self._wakeup.set()
+
+    async def _maintain(self) -> None:
+        while not self._stopping:
+            await wait(self._stop_event, self.maintenance_interval)
+            if self._stopping:
+                return
+            try:
+                if await self._recover():
+                    self._wakeup.set()
+                if self.metrics is not None:
+                    health = await outbox_health(self.db)
+                    self.metrics.outbox_depth.set(health["pending"])
+                    self.metrics.outbox_oldest_seconds.set(health["oldest_pending_seconds"])
+            except Exception:
+                log.exception("outbox %s: maintenance failed", self.instance_id)
+
+    def _next_timeout(self) -> float:
+        """Until the next poll, or sooner when a retry we scheduled comes due."""
+        assert self._loop is not None
+        now = self._loop.time()
+        while self._retry_timers and self._retry_timers[0] <= now:
+            heapq.heappop(self._retry_timers)
+        if self._retry_timers:
+            return min(self.poll_interval, self._retry_timers[0] - now)
+        return self.poll_interval
+
+    # -- database steps --
+
+    async def _cycle(self, limit: int) -> list[OutboxDelivery]:
+        """Record finished attempts and claim the next batch in one transaction, so a chat's next message
+        becomes claimable in the same commit that marks the previous one sent."""
+        outcomes, self._done = self._done, []
+        try:
+            async with self.db.transaction() as session:
+                applied = await self._record(session, outcomes) if outcomes else []
+                claimed = await self._claim(session, limit) if limit > 0 else []
+        except BaseException:
+            self._done[:0] = outcomes
+            raise
+        await self._after_record(applied)
+        return claimed
+
+    def claim_statement(self, now: datetime, limit: int) -> Any:
+        """The SELECT that picks due deliveries whose chat has nothing earlier still waiting or being sent."""
+        return store.claim_statement(now, limit, self.senders, lock_rows=self._is_postgresql)
+
+    async def _claim(self, session: AsyncSession, limit: int) -> list[OutboxDelivery]:
+        """Claim due deliveries; must be the last query of its transaction (it changes the planner's settings)."""
+        if not self.senders:
+            return []
+        return await store.claim(
+            session, self.senders, limit, claim_seconds=self.claim_seconds, lock_rows=self._is_postgresql
+        )
+
+    async def _record(self, session: AsyncSession, outcomes: list[Outcome]) -> list[Outcome]:
+        """Write the outcomes whose claim is still ours; returns those."""
+        return await store.record(session, outcomes, lock_rows=self._is_postgresql, instance_id=self.instance_id)
+
+    async def _after_record(self, applied: list[Outcome]) -> None:
+        """Effects that must follow the commit: timers, the parked counter and the admins' callback."""
+        for outcome in applied:
+            store.mirror(outcome)
+            if outcome.state == "sent":
+                continue
+            delivery = outcome.delivery
+            if outcome.state == "pending" and outcome.next_attempt_at is not None and self._loop is not None:
+                delay = (outcome.next_attempt_at - utcnow()).total_seconds()
+                # A hair late, so the row is due by the database's comparison when we look.
+                heapq.heappush(self._retry_timers, self._loop.time() + max(0.0, delay) + 0.002)
+            if outcome.state == "parked" and outcome.alert:
+                if self.metrics is not None:
+                    self.metrics.deliveries_parked.labels(delivery.platform).inc()
+                if self.on_parked is not None:
+                    try:
+                        await asyncio.wait_for(self.on_parked(delivery), timeout=30)
+                    except Exception:
+                        log.exception("outbox %s: on_parked failed for delivery %s", self.instance_id, delivery.id)
+
+    async def _recover(self) -> int:
+        """Give back deliveries whose claim expired: their dispatcher died or hung mid-send."""
+        return await store.recover(self.db, self.instance_id)

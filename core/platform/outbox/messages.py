@@ -1,0 +1,115 @@
+"""What the outbox sends: wire-neutral messages and buttons, the platforms' refusal, and the sender protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+PAYLOAD_VERSION = 1
+
+@dataclass(frozen=True)
+class OutButton:
+    """One inline button: a callback `action`, a link `url`, or a `copy_text` the chat copies on tap."""
+
+    label: str
+    action: str | None = None
+    url: str | None = None
+    copy_text: str | None = None
+
+    def __post_init__(self) -> None:
+        targets = [value for value in (self.action, self.url, self.copy_text) if value is not None]
+        if len(targets) != 1:
+            raise ValueError(f"button {self.label!r} needs exactly one of action, url or copy_text")
+
+    def to_payload(self) -> dict[str, str]:
+        data = {"label": self.label}
+        for key in ("action", "url", "copy_text"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        return data
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> OutButton:
+        return cls(
+            label=str(data["label"]), action=data.get("action"), url=data.get("url"), copy_text=data.get("copy_text")
+        )
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A platform-neutral chat message; `text` is the HTML subset every adapter renders, already escaped."""
+
+    text: str
+    buttons: tuple[tuple[OutButton, ...], ...] = ()
+    photo_url: str | None = None
+    # Where a reply in the chat should be routed, e.g. {"kind": "sms", "conversation_id": 5}.
+    reply_context: dict[str, Any] | None = None
+    disable_preview: bool = True
+    paid_broadcast: bool = False
+    # Replace this earlier message of ours (a status card) instead of sending a new one, where the platform can.
+    edit_message_id: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        """A JSON-safe dict for `OutboxDelivery.payload`."""
+        data: dict[str, Any] = {"v": PAYLOAD_VERSION, "text": self.text}
+        if self.buttons:
+            data["buttons"] = [[button.to_payload() for button in row] for row in self.buttons]
+        if self.photo_url is not None:
+            data["photo_url"] = self.photo_url
+        if self.reply_context is not None:
+            data["reply_context"] = dict(self.reply_context)
+        if not self.disable_preview:
+            data["disable_preview"] = False
+        if self.paid_broadcast:
+            data["paid_broadcast"] = True
+        if self.edit_message_id is not None:
+            data["edit_message_id"] = self.edit_message_id
+        return data
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> OutgoingMessage:
+        buttons = tuple(
+            tuple(OutButton.from_payload(button) for button in row) for row in data.get("buttons") or ()
+        )
+        reply_context = data.get("reply_context")
+        return cls(
+            text=str(data["text"]),
+            buttons=buttons,
+            photo_url=data.get("photo_url"),
+            reply_context=dict(reply_context) if reply_context is not None else None,
+            disable_preview=bool(data.get("disable_preview", True)),
+            paid_broadcast=bool(data.get("paid_broadcast", False)),
+            edit_message_id=data.get("edit_message_id"),
+        )
+
+
+class DeliveryError(Exception):
+    """A chat platform refused a message; the flags tell the dispatcher whether and when to try again."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        permanent: bool = False,
+        blocked: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        # Seconds the platform asked us to wait (Telegram's 429); honoured exactly instead of the backoff.
+        self.retry_after = retry_after
+        self.permanent = permanent or blocked
+        # The user blocked the bot or left the chat: nothing will get through until they write again.
+        self.blocked = blocked
+
+
+@runtime_checkable
+class ChatSender(Protocol):
+    """What core needs from a chat front end; each adapter registers one per platform."""
+
+    platform: str
+
+    async def send(self, chat_id: str, message: OutgoingMessage) -> str:
+        """Send one message and return the platform's message id; raise DeliveryError when refused."""
+        ...

@@ -1,0 +1,193 @@
+"""Waking dispatchers: in-process wakers and NOTIFY after a commit that enqueued, LISTEN for the other processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from core.models import OutboxDelivery
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "cumapp_outbox"
+
+# Session.info keys; the session lives for one transaction, these for the part of it before the commit.
+_INFO_HOOKED = "cumapp_outbox_hooked"
+_INFO_WAKE = "cumapp_outbox_wake"
+_INFO_NOTIFIED = "cumapp_outbox_notified"
+# Options of SQLAlchemy's asyncpg dialect that asyncpg.connect() would take for server settings and refuse.
+_SQLALCHEMY_ONLY_QUERY_KEYS = frozenset({"prepared_statement_cache_size", "prepared_statement_name_func"})
+
+Waker = Callable[[], None]
+_wakers: list[tuple[Waker, Engine | None]] = []
+
+
+SentHook = Callable[[AsyncSession, list[tuple[OutboxDelivery, datetime]]], Awaitable[None]]
+# Run in the transaction that records deliveries of a kind as sent (e.g. stamping when a code reached the chat).
+SENT_HOOKS: dict[str, SentHook] = {}
+
+
+def register_sent_hook(kind: str, hook: SentHook) -> None:
+    SENT_HOOKS[kind] = hook
+
+
+def register_waker(callback: Waker, *, engine: Engine | None = None) -> Callable[[], None]:
+    """Call `callback` after every commit that enqueued a delivery (only through `engine`, when given).
+
+    Returns the function that unregisters it. Callbacks run inside the committing task, so they must only
+    schedule work (set an event), never do it.
+    """
+    entry = (callback, engine)
+    _wakers.append(entry)
+
+    def unregister() -> None:
+        if entry in _wakers:
+            _wakers.remove(entry)
+
+    return unregister
+
+
+def _fire_wakers(engine: Engine | None) -> None:
+    for callback, only_engine in list(_wakers):
+        if only_engine is not None and only_engine is not engine:
+            continue
+        try:
+            callback()
+        except Exception:
+            log.exception("outbox waker failed")
+
+
+def _root_engine(session: Session) -> Engine | None:
+    bind = session.get_bind()
+    return getattr(bind, "engine", None)
+
+
+def _after_commit(session: Session) -> None:
+    # A savepoint's release fires this too; only the real commit makes the rows visible to a dispatcher.
+    if session.get_nested_transaction() is not None:
+        return
+    session.info.pop(_INFO_NOTIFIED, None)
+    if session.info.pop(_INFO_WAKE, False):
+        _fire_wakers(_root_engine(session))
+
+
+def _after_rollback(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return
+    session.info.pop(_INFO_NOTIFIED, None)
+    session.info.pop(_INFO_WAKE, None)
+
+
+async def arrange_wake(session: AsyncSession) -> None:
+    """Wake dispatchers once this transaction commits: in this process by event, elsewhere by NOTIFY."""
+    sync = session.sync_session
+    if not sync.info.get(_INFO_HOOKED):
+        sync.info[_INFO_HOOKED] = True
+        event.listen(sync, "after_commit", _after_commit)
+        event.listen(sync, "after_rollback", _after_rollback)
+    sync.info[_INFO_WAKE] = True
+    if session.bind.dialect.name != "postgresql":
+        return
+    # PostgreSQL holds a NOTIFY until commit and drops it on rollback; one per transaction is enough, but a
+    # NOTIFY inside a savepoint may be rolled back with it, so those are never counted as done.
+    root = sync.get_transaction()
+    if sync.get_nested_transaction() is None and sync.info.get(_INFO_NOTIFIED) is root:
+        return
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    if sync.get_nested_transaction() is None:
+        sync.info[_INFO_NOTIFIED] = root
+
+
+def _listen_dsn(url: URL) -> str:
+    query = {key: value for key, value in url.query.items() if key not in _SQLALCHEMY_ONLY_QUERY_KEYS}
+    return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
+
+
+async def wait(flag: asyncio.Event, seconds: float) -> None:
+    """Until `flag` is set or `seconds` have passed, whichever comes first."""
+    try:
+        await asyncio.wait_for(flag.wait(), timeout=max(0.0, seconds))
+    except TimeoutError:
+        pass
+
+
+class NotifyListener:
+    """Keeps a LISTEN connection open; any notification, and every reconnection, sets the dispatcher's `wakeup`."""
+
+    def __init__(self, url: URL, instance_id: str, *, wakeup: asyncio.Event, stop_event: asyncio.Event) -> None:
+        self.url = url
+        self.instance_id = instance_id
+        self._wakeup = wakeup
+        self._stop_event = stop_event
+        # Set when the connection may have changed (closed, or the dispatcher stopping): time to look at it.
+        self.changed = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._stopping = False
+        self.connection: asyncpg.Connection | None = None
+        # Observability for health pages and tests: LISTEN connections opened, notifications heard.
+        self.connects = 0
+        self.notifications_received = 0
+
+    def reset(self) -> None:
+        """Ready to run again after a stop."""
+        self._stopping = False
+        self.changed.clear()
+        self.ready.clear()
+
+    def stop(self) -> None:
+        """End `run()` at its next check."""
+        self._stopping = True
+        self.changed.set()
+
+    async def run(self) -> None:
+        dsn = _listen_dsn(self.url)
+        delay = 0.5
+        while not self._stopping:
+            try:
+                connection = await asyncpg.connect(
+                    dsn, timeout=10, server_settings={"application_name": f"cumapp-outbox {self.instance_id}"[:63]}
+                )
+            except Exception as error:
+                log.warning("outbox %s: LISTEN connection failed (%s); retrying in %.1f s", self.instance_id,
+                            error, delay)
+                await wait(self._stop_event, delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.connection = connection
+            try:
+                connection.add_termination_listener(lambda _connection: self.changed.set())
+                await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                delay = 0.5
+                self.connects += 1
+                self.ready.set()
+                self._wakeup.set()  # anything committed while we were not listening
+                while not self._stopping:
+                    await wait(self.changed, 15.0)
+                    self.changed.clear()
+                    if self._stopping or connection.is_closed():
+                        break
+                    # A half-open TCP connection never reports itself; a query does.
+                    await connection.fetchval("SELECT 1", timeout=5)
+            except Exception as error:
+                if not self._stopping:
+                    log.warning("outbox %s: LISTEN connection lost (%s)", self.instance_id, error)
+            finally:
+                self.connection = None
+                if not connection.is_closed():
+                    try:
+                        await connection.close(timeout=2)
+                    except Exception:
+                        connection.terminate()
+
+    def _on_notify(self, _connection: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self.notifications_received += 1
+        self._wakeup.set()

@@ -290,7 +290,8 @@ async def _server(args: argparse.Namespace) -> dict[str, Any]:
         async def rows(run: str) -> tuple[int, int]:
             async with db.read() as session:
                 messages = await session.scalar(
-                    select(func.count()).select_from(Message).where(Message.body.like(f"bench ing-{run}-%"))
+                    # Bodies are encrypted at rest; the run tag is in the provider message ids too ("SMi<run>…").
+                    select(func.count()).select_from(Message).where(Message.provider_message_id.like(f"SMi{run}%"))
                 )
                 deliveries = await session.scalar(
                     select(func.count()).select_from(OutboxDelivery).where(

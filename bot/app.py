@@ -13,11 +13,15 @@ from core.admin.alerts import alert_admins
 from core.ai.service import AiService, build_ai_assistant
 from core.broadcast.service import BroadcastRunner
 from core.messaging.service import build_messaging_service
+from core.money import sandbox_credit
+from core.platform import updates
 from core.platform.i18n import escape
 from core.platform.migrate import upgrade_to_head_async
-from core.platform.outbox import OutboxDispatcher
+from core.platform.outbox import InstanceLiveness, OutboxDispatcher
+from core.platform.pacing import InstanceShare
 from core.platform.scheduler import Scheduler
-from core.platform.settings import Settings
+from core.platform.settings import Settings, mask_url
+from core.providers.plan import simulated_for_real_users
 from core.services import Services, build_services
 from core.verification.service import build_verification_service
 from core.version import __version__
@@ -111,24 +115,32 @@ class Application:
         fronts = ", ".join(c.name for c in self.front_ends) or "none (webhook server only)"
         sandbox = "on" if plan.any_sandbox else "off"
         host, port = self.settings.http_host, self.web.port if self.web else self.settings.http_port
+        metrics = f" | /readyz, /metrics: http://{self.web.metrics_host}:{self.web.metrics_port}" if (
+            self.web and self.web.metrics_port is not None) else ""
         return (
             f"CumApp {__version__} started | front ends: {fronts} | providers: {plan.describe()} | "
-            f"sandbox: {sandbox} | webhook server: http://{host}:{port} | database: {self._safe_db_url()}"
+            f"sandbox: {sandbox} | webhook server: http://{host}:{port}{metrics} | database: {self._safe_db_url()}"
         )
 
     def _safe_db_url(self) -> str:
-        url = self.settings.database_url
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
-        return url
+        return mask_url(self.settings.database_url)
 
     async def start(self) -> None:
         if self.migrate:
             await upgrade_to_head_async(self.settings.database_url)
         self.services = services = build_services(self.settings)
-        self.scheduler = Scheduler(services.db)
+        if services.plan.any_sandbox:
+            await sandbox_credit.note_sandbox_run(services.db)  # credit handed out from now on is sandbox credit
+        simulated = simulated_for_real_users(self.settings, services.plan)
+        if simulated:
+            log.warning(
+                "sandbox with a real chat: %s simulated; screens that sell say sandbox and Telegram Stars top-ups "
+                "are refused. Set the credentials and SANDBOX=false to go live", ", ".join(simulated),
+            )
+        # This process's proof of life: what it claims (deliveries, job leases) is taken over within seconds
+        # by another instance, or by itself restarted, once it dies.
+        liveness = InstanceLiveness(services.db)
+        self.scheduler = Scheduler(services.db, liveness=liveness)
         services.verification = build_verification_service(self.settings, services.db, services.metrics, services.plan)
         services.verification.start_jobs(self.scheduler)
         services.messaging = build_messaging_service(self.settings, services.db, services.metrics, services.plan)
@@ -142,10 +154,12 @@ class Application:
         # a broadcast runs at the platform's limit without ever starving codes and relayed SMS.
         broadcasts = BroadcastRunner(services.db, senders, services.metrics)
         dispatcher = OutboxDispatcher(
-            services.db, broadcasts.paced_senders(), metrics=services.metrics, on_parked=self._delivery_parked
+            services.db, broadcasts.paced_senders(), metrics=services.metrics, on_parked=self._delivery_parked,
+            liveness=liveness,
         )
         services.outbox = dispatcher
         self.scheduler.add_periodic("health-alerts", lambda: _health_alerts(services), 60)
+        updates.start_jobs(self.scheduler, services.db)  # forgets handled chat update ids after a day
         self.web = WebServer(
             create_app(
                 services,
@@ -154,6 +168,8 @@ class Application:
             self.settings.http_host,
             self.settings.http_port,
         )
+        await liveness.start()
+        self._started.append(_Named("instance liveness", liveness))  # stopped last: claims stay ours till then
         await self.web.start()
         self._started.append(_Named("webhook server", self.web))
         for component in self.front_ends:
@@ -162,6 +178,10 @@ class Application:
         # Last to start, first to stop: the dispatcher needs the front ends' senders.
         await dispatcher.start()
         self._started.append(_Named("outbox dispatcher", dispatcher))
+        # Each bot's flood budget is the bot's, not this process's: N live instances take 1/N of it each.
+        share = InstanceShare(broadcasts.budgets.values(), liveness.instances_alive)
+        await share.start()
+        self._started.append(share)
         await broadcasts.start()
         self._started.append(_Named("broadcast runner", broadcasts))
         self.scheduler.start()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -33,6 +35,38 @@ def to_plain(text: str) -> str:
     text = re.sub(r'<a href="([^"]*)">(.*?)</a>', r"\2 (\1)", text, flags=re.DOTALL)
     text = re.sub(r"<[^>]+>", "", text)
     return html.unescape(text)
+
+
+def private_folder(base: Path | None = None) -> Path:
+    """A folder only this OS user can open (0700) for files with personal data, e.g. the /history export.
+
+    The temp folder is shared by every local user: the folder is per user, and one that somebody else made (or a
+    symlink planted in its place) is never written to; a fresh private one is made instead."""
+    uid = os.getuid()
+    base = base or Path(tempfile.gettempdir())
+    folder = base / f"cumapp-console-{uid}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+        log.warning("%s is not a folder of this user; exports go to a new private folder", folder)
+        return Path(tempfile.mkdtemp(prefix=f"cumapp-console-{uid}-", dir=base))  # mkdtemp makes it 0700
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(folder, 0o700)  # made by an older version, 0755
+    return folder
+
+
+def write_private_file(folder: Path, name: str, data: bytes) -> Path:
+    """`data` in `folder` as a file only this user can read (0600), also when a 0644 file of that name exists."""
+    base_name = Path(name).name
+    path = folder / (base_name if base_name not in ("", ".", "..") else "file")  # never outside the folder
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)
+        handle.write(data)
+    return path
 
 
 class ConsoleChat:
@@ -99,7 +133,7 @@ class ConsoleFrontEnd:
         self._lines = lines
         self._task: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] | None = None
-        self._files = Path(tempfile.gettempdir()) / "cumapp-console"
+        self._files: Path | None = None  # made on the first file, private to this OS user
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -165,9 +199,9 @@ class ConsoleFrontEnd:
                 text = f"{screen.invoice.title}: {screen.invoice.description} (payments work in Telegram only)"
             for data, name in ((screen.photo, screen.photo_name), (screen.document, screen.document_name)):
                 if data is not None:
-                    self._files.mkdir(parents=True, exist_ok=True)
-                    path = self._files / name
-                    path.write_bytes(data)
+                    if self._files is None:
+                        self._files = private_folder()
+                    path = write_private_file(self._files, name, data)
                     text = f"{text}\n[file saved: {path}]"
             ref = self.chat.show(text, screen.buttons, label="(updated) " if screen.edit else "")
             if screen.reply_context is not None:

@@ -25,13 +25,14 @@ from telegram import (
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
+    ApplicationHandlerStop,
     CallbackQueryHandler,
     ContextTypes,
     MessageHandler,
     PreCheckoutQueryHandler,
+    TypeHandler,
     filters,
 )
 
@@ -39,9 +40,13 @@ from bot.handlers import router, topup
 from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef
 from bot.render import plain_text as _plain
+from bot.telegram_transport import BudgetRateLimiter
 from core.money.accounts import Contact
+from core.platform import updates
 from core.platform.i18n import t
+from core.platform.leader import Leadership
 from core.platform.outbox import DeliveryError, OutgoingMessage
+from core.platform.pacing import BotBudget
 from core.services import Services
 
 log = logging.getLogger(__name__)
@@ -127,12 +132,17 @@ def contact_of(update: Update) -> Contact:
 
 
 class TelegramSender:
-    """The outbox's way into Telegram: HTML messages with buttons; errors mapped to retry, park or blocked."""
+    """The outbox's way into Telegram: HTML messages with buttons; errors mapped to retry, park or blocked.
+
+    Given the `budget` its application's rate limiter draws from (as the front end does), it paces itself: the
+    outbox and the broadcast runner then share that budget with the front end's answers. Without one (a bare
+    Application) they wrap it to take a slot per message."""
 
     platform = PLATFORM
 
-    def __init__(self, application: Application) -> None:  # type: ignore[type-arg]
+    def __init__(self, application: Application, budget: BotBudget | None = None) -> None:  # type: ignore[type-arg]
         self.application = application
+        self.budget = budget
 
     async def send(self, chat_id: str, message: OutgoingMessage) -> str:
         bot = self.application.bot
@@ -195,12 +205,14 @@ class TelegramFrontEnd:
         settings = services.settings
         assert settings.telegram_bot_token is not None
         self.webhook_mode = settings.telegram_mode.value == "webhook"
+        # The bot's one flood budget: every message it sends, answers, outbox and broadcasts alike, takes a slot.
+        self.budget = BotBudget.telegram()
         builder = (
             ApplicationBuilder()
             .token(settings.telegram_bot_token.get_secret_value())
             .base_url(settings.telegram_api_base_url)
             .base_file_url(settings.telegram_api_base_url.replace("/bot", "/file/bot"))
-            .rate_limiter(AIORateLimiter(max_retries=3))
+            .rate_limiter(BudgetRateLimiter(self.budget))
             .concurrent_updates(64)
         )
         if settings.telegram_allow_paid_broadcast:
@@ -211,18 +223,26 @@ class TelegramFrontEnd:
         if self.webhook_mode:
             builder = builder.updater(None)
         self.application: Application = builder.build()  # type: ignore[type-arg]
-        self.sender = TelegramSender(self.application)
+        # Update ids count per bot: a new token (a new bot) must not find the old bot's ids already claimed.
+        self._bot_id = settings.telegram_bot_token.get_secret_value().partition(":")[0]
+        self.sender = TelegramSender(self.application, self.budget)
+        # Polling: one instance per bot calls getUpdates (Telegram answers 409 to a second); the others wait.
+        self.polling: Leadership | None = None
         self._register()
 
     # --- wiring ------------------------------------------------------------------------------------------------
 
     def _register(self) -> None:
         app = self.application
+        # Before any other handler (group -1): an update delivered again is dropped here, in polling and webhook mode.
+        app.add_handler(TypeHandler(Update, self._claim), group=-1)
+        new = filters.UpdateType.MESSAGE  # only new messages act; edits are answered by _on_edited
         app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
-        app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self._on_payment))
-        app.add_handler(MessageHandler(filters.COMMAND, self._on_command))
+        app.add_handler(MessageHandler(new & filters.SUCCESSFUL_PAYMENT, self._on_payment))
+        app.add_handler(MessageHandler(new & filters.COMMAND, self._on_command))
         app.add_handler(CallbackQueryHandler(self._on_button))
-        app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(MessageHandler(filters.UpdateType.EDITED_MESSAGE & filters.TEXT, self._on_edited))
         app.add_error_handler(self._on_error)
 
     def add_routes(self, web_app: web.Application) -> None:
@@ -245,11 +265,28 @@ class TelegramFrontEnd:
                 allowed_updates=Update.ALL_TYPES,
             )
         else:
-            assert app.updater is not None
-            await app.updater.start_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+            self.polling = Leadership(
+                self.services.db, f"telegram-polling:{self._bot_id}", on_elected=self._start_polling,
+                on_deposed=self._stop_polling, name="telegram polling",
+            )
+            await self.polling.start()
+
+    async def _start_polling(self) -> None:
+        updater = self.application.updater
+        assert updater is not None
+        if not updater.running:
+            await updater.start_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+
+    async def _stop_polling(self) -> None:
+        updater = self.application.updater
+        if updater is not None and updater.running:
+            await updater.stop()
 
     async def stop(self) -> None:
         app = self.application
+        if self.polling is not None:
+            await self.polling.stop()  # stops polling before another instance may start
+            self.polling = None
         if app.updater is not None and app.updater.running:
             await app.updater.stop()
         if app.running:
@@ -286,9 +323,16 @@ class TelegramFrontEnd:
             metrics.labels("telegram", "forbidden").inc()
             log.warning("telegram webhook with a wrong secret token from %s", request.remote)
             return web.Response(status=403)
+        limit = self.services.settings.http_max_body_bytes
         try:
+            if request.content_length is not None and request.content_length > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
             data = await request.json()
             update = Update.de_json(data, self.application.bot)
+        except web.HTTPRequestEntityTooLarge:
+            metrics.labels("telegram", "too_large").inc()
+            log.warning("telegram webhook body over HTTP_MAX_BODY_BYTES (%d) from %s", limit, request.remote)
+            return web.Response(status=413)
         except Exception:
             metrics.labels("telegram", "malformed").inc()
             return web.Response(status=400)
@@ -307,13 +351,39 @@ class TelegramFrontEnd:
         with contextlib.suppress(TelegramError):
             await self.application.bot.send_chat_action(chat_id=chat_id, action=ChatAction.TYPING)
 
+    async def _claim(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Telegram resends an update it thinks was not received, to whichever instance it reaches: the first
+        claim runs it, every other delivery stops here."""
+        if not await updates.claim(self.services.db, PLATFORM, f"{self._bot_id}:{update.update_id}"):
+            raise ApplicationHandlerStop
+
+    def _for_another_bot(self, mention: str) -> bool:
+        username = self.application.bot.username
+        return bool(mention and username and mention.lower() != username.lower())
+
+    async def _on_edited(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """An edited message never runs anything; an edited command is told to be sent again, other edits pass."""
+        message = update.edited_message
+        if message is None or message.text is None or update.effective_user is None:
+            return
+        if not message.text.startswith("/"):
+            return
+        _, _, mention = message.text.partition(" ")[0][1:].partition("@")
+        if self._for_another_bot(mention):
+            return
+        in_group = message.chat.type != ChatType.PRIVATE
+        screens = await router.handle_edited_command(
+            self.services, contact_of(update), in_group=in_group, private_chat_url=self._private_url()
+        )
+        await self._render(message.chat_id, screens, reply_to=message)
+
     async def _on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
         if message is None or message.text is None or update.effective_user is None:
             return
         head, _, rest = message.text.partition(" ")
         name, _, mention = head[1:].partition("@")
-        if mention and self.application.bot.username and mention.lower() != self.application.bot.username.lower():
+        if self._for_another_bot(mention):
             return  # a command for another bot in a group
         in_group = message.chat.type != ChatType.PRIVATE
         typing = asyncio.create_task(self._typing_after(message.chat_id))
@@ -399,11 +469,11 @@ class TelegramFrontEnd:
         if message is None or message.successful_payment is None:
             return
         payment = message.successful_payment
-        screen = await topup.payment_received(
+        screens = await topup.payment_received(
             self.services, contact_of(update), charge_id=payment.telegram_payment_charge_id,
             payload=payment.invoice_payload, currency=payment.currency, amount=payment.total_amount,
         )
-        await self._render(message.chat_id, [screen])
+        await self._render(message.chat_id, screens)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """The one error handler: an apology with an id for the user, the trace with the same id in the log."""

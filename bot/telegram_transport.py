@@ -1,16 +1,91 @@
-"""An aiohttp transport for python-telegram-bot, used for paid broadcasts where httpx's CPU cost caps the rate."""
+"""How the Telegram front end reaches the Bot API: every request through the bot's flood budget (a
+python-telegram-bot rate limiter), and an aiohttp transport for paid broadcasts, where httpx's CPU cost caps the
+rate."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
 from telegram._utils.defaultvalue import DefaultValue
-from telegram.error import NetworkError, TimedOut
+from telegram.error import NetworkError, RetryAfter, TimedOut
+from telegram.ext import BaseRateLimiter
 from telegram.request import BaseRequest, RequestData
+
+from core.platform.pacing import BotBudget, current_traffic
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 MEDIA_WRITE_TIMEOUT = 20.0
+ANSWER_RETRIES = 3  # flood waits a direct answer waits out before the 429 reaches the handler
+
+
+def counts_as_message(endpoint: str) -> bool:
+    """The requests Telegram's message limits count: sending, copying and forwarding (not chat actions, edits,
+    button answers or reads)."""
+    lower = endpoint.lower()
+    return lower.startswith(("send", "copymessage", "forwardmessage")) and lower != "sendchataction"
+
+
+def retry_seconds(error: RetryAfter) -> float:
+    retry = error.retry_after
+    return retry.total_seconds() if hasattr(retry, "total_seconds") else float(retry)
+
+
+class BudgetRateLimiter(BaseRateLimiter[int]):
+    """python-telegram-bot's hook into every Bot API request, taking each message's slot from the bot's budget.
+
+    A message waits for a slot by the rank of the traffic it belongs to (`core.platform.pacing.traffic`): answers
+    first, then relays and codes, alerts, broadcasts; `allow_paid_broadcast` ones take the paid budget. A 429 holds
+    the budget for its `retry_after`; a direct answer then tries again (up to `max_retries` times, or the
+    `rate_limit_args` of the call), while the outbox and the broadcast runner get the error back and retry in
+    their own way. Requests that are not messages pass at once.
+    """
+
+    def __init__(self, budget: BotBudget, max_retries: int = ANSWER_RETRIES) -> None:
+        self.budget = budget
+        self.max_retries = max_retries
+
+    async def initialize(self) -> None:
+        """Nothing to set up: the budget lives as long as the front end."""
+
+    async def shutdown(self) -> None:
+        """Nothing to release."""
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[str, Any]]]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        flow = current_traffic()
+        budget = self.budget.budget(paid=bool(data.get("allow_paid_broadcast")))
+        message = counts_as_message(endpoint)
+        retries = (rate_limit_args if rate_limit_args is not None else self.max_retries) if flow.wait_out_floods else 0
+        for attempt in itertools.count():
+            ticket = await budget.acquire(data.get("chat_id"), flow) if message else None
+            try:
+                return await callback(*args, **kwargs)
+            except RetryAfter as error:
+                seconds = retry_seconds(error)
+                budget.hold(seconds)
+                if attempt >= retries:
+                    raise
+                log.info("telegram: flood wait of %.1f s on %s; trying again after it", seconds, endpoint)
+                if not message:
+                    await asyncio.sleep(seconds)
+            finally:
+                if ticket is not None:
+                    budget.finished(ticket)
+        raise AssertionError("unreachable")
 
 
 class AiohttpRequest(BaseRequest):

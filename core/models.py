@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.platform.clock import utcnow
+from core.platform.crypto import EncryptedJSON, EncryptedText
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -349,7 +350,8 @@ class Message(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
     from_e164: Mapped[str] = mapped_column(String(32))
     to_e164: Mapped[str] = mapped_column(String(32))
-    body: Mapped[str] = mapped_column(Text)
+    # Encrypted at rest: the database cannot filter, sort or search on the text.
+    body: Mapped[str] = mapped_column(EncryptedText)
     media_urls: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(16))
@@ -380,13 +382,18 @@ class OutboxDelivery(Base):
     platform: Mapped[str] = mapped_column(String(16))
     chat_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))
-    payload: Mapped[dict[str, Any]] = mapped_column()
+    # Encrypted at rest: it holds relayed SMS texts, codes and AI notes as the chat will show them.
+    payload: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
     dedupe_key: Mapped[str | None] = mapped_column(String(160), unique=True)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_until: Mapped[datetime | None] = mapped_column()
+    # The live instance (its liveness key) whose claim this is: the claim ends when that instance dies.
+    claimed_by: Mapped[int | None] = mapped_column(Integer)
+    # When the current run of transient failures began: they park a delivery only after a day of them.
+    failing_since: Mapped[datetime | None] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(String(512))
     platform_message_id: Mapped[str | None] = mapped_column(String(64))
     source_received_at: Mapped[datetime | None] = mapped_column()
@@ -404,6 +411,16 @@ class WebhookEvent(Base):
     provider: Mapped[str] = mapped_column(String(32))
     event_key: Mapped[str] = mapped_column(String(160))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChatUpdate(Base):
+    """A chat update (a Telegram update, a Discord interaction) already claimed, so a redelivery has no effect."""
+
+    __tablename__ = "chat_updates"
+
+    platform: Mapped[str] = mapped_column(String(16), primary_key=True)
+    update_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Broadcast(Base):
@@ -518,5 +535,6 @@ class KeyValue(Base):
     __tablename__ = "key_values"
 
     key: Mapped[str] = mapped_column(String(160), primary_key=True)
-    value: Mapped[dict[str, Any]] = mapped_column()
+    # Encrypted at rest: values hold SMS parts waiting for the rest, AI drafts and what a chat dialog typed.
+    value: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
     expires_at: Mapped[datetime | None] = mapped_column(index=True)

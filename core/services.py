@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.platform.crypto import keyring_for
 from core.platform.db import Database
 from core.platform.metrics import Metrics
 from core.platform.settings import Settings
 from core.providers.plan import ProviderPlan, plan_providers, signup_bonus_cents
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,7 +52,17 @@ class Services:
 
 
 def build_services(settings: Settings, db: Database | None = None) -> Services:
+    """The container; a database given without a keyring gets the one the settings call for (crypto.keyring_for)."""
     plan = plan_providers(settings)
-    services = Services(settings=settings, db=db or Database(settings.database_url), plan=plan)
+    if db is None or db.keyring is None:
+        keyring = keyring_for(settings, all_sandbox=plan.all_sandbox)
+        if not keyring.encrypts:
+            # `cumapp run` has refused this already unless every provider is simulated (sandbox on PostgreSQL).
+            log.warning("DATA_ENCRYPTION_KEYS is unset: SMS bodies and AI notes are stored in plain text")
+        if db is None:
+            db = Database(settings.database_url, keyring=keyring)
+        else:
+            db.use_keyring(keyring)
+    services = Services(settings=settings, db=db, plan=plan)
     services.metrics.up_since.set_to_current_time()
     return services

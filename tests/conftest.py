@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.models import Base
 from core.platform.db import Database
+from core.platform.logging_setup import quiet_libraries
 from core.platform.settings import Settings
 from core.services import Services, build_services
 
@@ -48,6 +51,73 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"cumapp: {line}")
+    LOG_SCAN.install()
+
+
+# --- the log scan: what the suite logs holds no secret, no full phone number and no SMS body ------------------------
+
+# The secrets tests and fakes use (tests/fakes/*_api.py defaults, the harness's webhook secret, the keys in tests).
+TEST_SECRETS = (
+    "123456:TEST-TOKEN", "MTEwMDAwMDAwMDAwMDAwMDAwMQ.fake.discord-test-token", "fake-twilio-auth-token",
+    "twilio-test-token", "fake-vonage-secret", "fake-vonage-signature-secret", "vonage-signature-secret",
+    "tv-test-key-0123456789", "whsec_dGVzdC13ZWJob29rLXNlY3JldA==", "s3cret-token", "hunter2-log-canary",
+)
+# Groq keys, Discord interaction tokens (tests/fakes/discord_api.py), TextVerified bearer tokens.
+SECRET_PATTERN = re.compile(r"gsk_[A-Za-z0-9_]{6,}|aW50ZXJhY3Rpb24\.\d+\.token|eyJh[A-Za-z0-9_-]{20,}")
+# Personal data: a full E.164 number (masked ones, +1•••0123, are what log lines show).
+PHONE_PATTERN = re.compile(r"(?<![\w+])\+[1-9][0-9]{7,14}(?![0-9])")
+# SMS bodies the tests send and receive (tests/core/platform/test_no_secrets_in_logs.py drives this one through the
+# paths that log).
+SMS_BODY_CANARIES = ("Canary body: meet me at the old mill",)
+
+
+class LogScan(logging.Handler):
+    """Sees every record of the run (root at INFO as in production, or lower where a test asks; libraries as
+    `configure_logging` sets them) and keeps the ones holding a secret or personal data."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.leaks: list[str] = []
+
+    def install(self) -> None:
+        root = logging.getLogger()
+        if self not in root.handlers:
+            root.addHandler(self)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)  # production's default; lines below INFO are never created
+        quiet_libraries("INFO")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a record whose arguments do not format is a test's own problem, not a leak
+            return
+        found = [secret for secret in TEST_SECRETS if secret in text] + SECRET_PATTERN.findall(text)
+        found += PHONE_PATTERN.findall(text) + [body for body in SMS_BODY_CANARIES if body in text]
+        if found:
+            where = os.environ.get("PYTEST_CURRENT_TEST", "outside a test").rsplit(" ", 1)[0]
+            self.leaks.append(f"{where}: {', '.join(map(repr, found))} in {text.splitlines()[0][:300]}")
+
+
+LOG_SCAN = LogScan()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    LOG_SCAN.install()  # again: a test may have replaced the root handlers (configure_logging)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run, with the offending lines, when a log record held a test secret or personal data."""
+    if not LOG_SCAN.leaks:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"cumapp log scan: {len(LOG_SCAN.leaks)} log record(s) hold a secret or personal data:"]
+    lines += [f"  {leak}" for leak in LOG_SCAN.leaks[:50]]
+    if reporter is not None:
+        for line in lines:
+            reporter.write_line(line, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 # Settings must never come from a developer's .env or shell during tests.
 for _name in list(os.environ):

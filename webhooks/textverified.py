@@ -1,4 +1,7 @@
-"""POST /webhooks/textverified: signature checked over the raw body, then the event handed to the verification service."""
+"""POST /webhooks/textverified: signature checked over the raw body, then the event handed to the verification service.
+
+Nothing is parsed before the HMAC over the raw body matches; then the body must be bounded JSON
+(webhooks/bodies.py: 400 nested too deep or malformed, 413 too large) before the provider's parser sees it."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from aiohttp import web
 
 from core.platform.clock import utcnow
 from core.providers.verification import WEBHOOK_SIGNATURE_HEADER, ProviderError, verify_webhook_signature
+from webhooks.bodies import BadBody, parse_json, read_body
 from webhooks.server import SERVICES
 
 log = logging.getLogger(__name__)
@@ -21,7 +25,12 @@ async def textverified_webhook(request: web.Request) -> web.Response:
     received_at = utcnow()
     services = request.app[SERVICES]
     metrics = services.metrics.webhooks
-    raw_body = await request.read()
+    try:
+        raw_body = await read_body(request)
+    except BadBody as error:
+        metrics.labels(PROVIDER, "too_large" if error.status == 413 else "malformed").inc()
+        log.warning("TextVerified webhook from %s refused: %s", request.remote, error.reason)
+        return error.response()
     secret = services.settings.textverified_webhook_secret
     if secret is None or not secret.get_secret_value():
         metrics.labels(PROVIDER, "forbidden").inc()
@@ -42,7 +51,12 @@ async def textverified_webhook(request: web.Request) -> web.Response:
         log.warning("TextVerified webhook received but the verification service is not running")
         return web.Response(status=503, text="unavailable")
     try:
+        parse_json(raw_body)  # bounds first: the provider's parser is a plain json.loads
         event = verification.parse_webhook(raw_body)
+    except BadBody as error:
+        metrics.labels(PROVIDER, "too_large" if error.status == 413 else "malformed").inc()
+        log.warning("TextVerified webhook refused (signed): %s", error.reason)
+        return error.response()
     except ProviderError as error:
         metrics.labels(PROVIDER, "malformed").inc()
         log.warning("TextVerified webhook with a malformed body: %s", error)

@@ -1,4 +1,8 @@
-"""Twilio webhooks: inbound SMS and delivery status, X-Twilio-Signature checked, answered with empty TwiML."""
+"""Twilio webhooks: inbound SMS and delivery status, X-Twilio-Signature checked, answered with empty TwiML.
+
+Twilio signs the URL and the form's fields rather than the raw body, so the form is decoded first, within the
+bounds of webhooks/bodies.py (400 for a form that is not UTF-8 or not a form, 413 for one too large), then the
+signature is checked before any field is used."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from core.messaging.gateway import TWILIO_SMS_PATH, TWILIO_STATUS_PATH
 from core.platform.clock import utcnow
 from core.providers.sms import parse_twilio_inbound, parse_twilio_status, validate_twilio_signature
 from core.services import Services
+from webhooks.bodies import BadBody, read_form
+from webhooks.fits import check_inbound, check_media_count, check_status
 from webhooks.server import SERVICES
 
 log = logging.getLogger(__name__)
@@ -31,7 +37,7 @@ def _count(services: Services, outcome: str) -> None:
 
 async def _signed_form(request: web.Request, services: Services) -> MultiDictProxy[str] | None:
     """The form when X-Twilio-Signature matches the public URL Twilio called; None (and a WARNING) otherwise."""
-    form: MultiDictProxy[str] = await request.post()  # type: ignore[assignment]
+    form = await read_form(request)
     token = services.settings.twilio_auth_token
     url = f"{services.settings.public_base_url}{request.path_qs}"
     signature = request.headers.get("X-Twilio-Signature")
@@ -51,7 +57,12 @@ def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamRe
     async def handle(request: web.Request) -> web.StreamResponse:
         received_at = utcnow()  # relay latency is measured from here
         services = request.app[SERVICES]
-        form = await _signed_form(request, services)
+        try:
+            form = await _signed_form(request, services)
+        except BadBody as error:
+            _count(services, "too_large" if error.status == 413 else "malformed")
+            log.warning("twilio webhook %s from %s refused: %s", request.path, request.remote, error.reason)
+            return error.response()
         if form is None:
             _count(services, "forbidden")
             raise web.HTTPForbidden(text="invalid signature")
@@ -61,6 +72,10 @@ def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamRe
             _count(services, "malformed")
             log.warning("twilio webhook %s malformed: %s", request.path, error)
             raise web.HTTPBadRequest(text="malformed webhook") from None
+        except BadBody as error:  # signed, but a field that does not fit (webhooks/fits.py)
+            _count(services, "malformed")
+            log.warning("twilio webhook %s malformed: %s", request.path, error.reason)
+            return error.response()
         _count(services, outcome)
         return _twiml()
 
@@ -68,13 +83,16 @@ def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamRe
 
 
 async def _inbound(services: Services, form: MultiDictProxy[str], received_at: datetime) -> str:
+    check_media_count(form.get("NumMedia"))
     sms = parse_twilio_inbound(form)
+    check_inbound(sms)
     result = await services.messaging.submit_inbound(sms, received_at)
     return str(result.outcome)
 
 
 async def _status(services: Services, form: MultiDictProxy[str], received_at: datetime) -> str:
     update = parse_twilio_status(form)
+    check_status(update)
     changed = await services.messaging.apply_status(update)
     return "status" if changed else "status_unchanged"
 

@@ -5,6 +5,9 @@ webhooks" setting). When no signature secret is configured the routes refuse eve
 not the provider plan uses Vonage: an unsigned inbound webhook would let anyone put a text in a user's chat, and
 a deployment without Vonage has nothing to accept there anyway. The one exception is a bare GET with no
 parameters, which Vonage's dashboard uses to check that the URL answers: it gets 200 and changes nothing.
+
+Vonage's `sig` is computed over the parameters rather than the raw body, so the body is read first, within the
+bounds of webhooks/bodies.py: a flat JSON object or a form, 400 for anything else, 413 for what is too large.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from core.messaging.gateway import VONAGE_INBOUND_PATH, VONAGE_STATUS_PATH
 from core.platform.clock import utcnow
 from core.providers.sms import parse_vonage_inbound, parse_vonage_status, validate_vonage_signature
 from core.services import Services
+from webhooks.bodies import FORM, JSON, BadBody, check_params, parse_form, parse_json, read_body
+from webhooks.fits import check_inbound, check_status
 from webhooks.server import SERVICES
 
 log = logging.getLogger(__name__)
@@ -33,20 +38,27 @@ def _count(services: Services, outcome: str) -> None:
 
 
 async def _params(request: web.Request) -> dict[str, Any]:
-    """Query parameters, overlaid with a form or JSON body: Vonage sends whichever the dashboard says."""
+    """Query parameters, overlaid with a form or JSON body: Vonage sends whichever the dashboard says.
+
+    Vonage signs the parameters (its `sig` is one of them), not the raw body, so they are read before the
+    signature can be checked: within bounds (webhooks/bodies.py), and a JSON body must be one flat object, as
+    Vonage sends it. Raises BadBody."""
     params: dict[str, Any] = dict(request.query)
-    if request.method != "POST" or not request.can_read_body:
+    check_params(params)
+    if request.method != "POST" or not request.body_exists:
         return params
-    if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(text="malformed JSON") from None
+    raw = await read_body(request)
+    if not raw:
+        return params
+    if request.content_type == JSON:
+        body = parse_json(raw, max_depth=1)
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="malformed JSON")
+            raise BadBody(400, "malformed JSON: expected one object")
         params.update(body)
+    elif request.content_type == FORM:
+        params.update(parse_form(raw, request.charset))
     else:
-        params.update(await request.post())
+        raise BadBody(400, f"expected {JSON} or {FORM}")
     return params
 
 
@@ -58,10 +70,10 @@ def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamRe
             return web.Response(text="OK")  # Vonage's URL check
         try:
             params = await _params(request)
-        except web.HTTPBadRequest:
-            _count(services, "malformed")
-            log.warning("vonage webhook %s malformed body from %s", request.path, request.remote)
-            raise
+        except BadBody as error:
+            _count(services, "too_large" if error.status == 413 else "malformed")
+            log.warning("vonage webhook %s from %s refused: %s", request.path, request.remote, error.reason)
+            return error.response()
         secret = services.settings.vonage_signature_secret
         if secret is None or not validate_vonage_signature(secret.get_secret_value(), params):
             _count(services, "forbidden")
@@ -76,6 +88,10 @@ def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamRe
             _count(services, "malformed")
             log.warning("vonage webhook %s malformed: %s", request.path, error)
             raise web.HTTPBadRequest(text="malformed webhook") from None
+        except BadBody as error:  # signed, but a field that does not fit (webhooks/fits.py)
+            _count(services, "malformed")
+            log.warning("vonage webhook %s malformed: %s", request.path, error.reason)
+            return error.response()
         _count(services, outcome)
         return web.Response(text="OK")
 
@@ -83,12 +99,16 @@ def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamRe
 
 
 async def _inbound(services: Services, params: dict[str, Any], received_at: datetime) -> str:
-    result = await services.messaging.submit_inbound(parse_vonage_inbound(params), received_at)
+    sms = parse_vonage_inbound(params)
+    check_inbound(sms)
+    result = await services.messaging.submit_inbound(sms, received_at)
     return str(result.outcome)
 
 
 async def _status(services: Services, params: dict[str, Any], received_at: datetime) -> str:
-    changed = await services.messaging.apply_status(parse_vonage_status(params))
+    update = parse_vonage_status(params)
+    check_status(update)
+    changed = await services.messaging.apply_status(update)
     return "status" if changed else "status_unchanged"
 
 

@@ -19,9 +19,10 @@ from bot.discord.interactions import InteractionHandler
 from bot.discord.limits import SLOW_SECONDS, TOKEN_LIFETIME, VIEW_TIMEOUT
 from bot.discord.rendering import ScreenRenderer
 from bot.discord.rest import ApiBase
-from bot.discord.sender import DiscordSender
+from bot.discord.sender import DiscordSender, pace_requests
 from bot.discord.tracking import InFlight, ShownMessages
 from bot.handlers.registry import load_flows
+from core.platform.pacing import BotBudget
 from core.services import Services
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,12 @@ class DiscordFrontEnd:
             self.interactions, intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none(),
             max_ratelimit_timeout=30.0, chunk_guilds_at_startup=False, max_messages=None,
         )
+        # The bot's one flood budget: every REST request (DMs from the outbox and broadcasts, command sync) takes a slot.
+        self.budget = BotBudget.discord()
+        pace_requests(self.client.http, self.budget)
         self.tree = _Tree(self.client)
         self.commands = SlashCommands(self.tree, services, self.interactions.on_command)
-        self.sender = DiscordSender(self.client, self.renderer, self.shown)
+        self.sender = DiscordSender(self.client, self.renderer, self.shown, self.budget)
         self._gateway_task: asyncio.Task[None] | None = None
         self._api_base = ApiBase()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -18,11 +18,13 @@ import discord
 from bot.discord.answer import Answer
 from bot.discord.components import TextBox
 from bot.discord.context import contact_of, ephemeral_source, in_bot_dm, sent_ref
+from bot.discord.limits import PLATFORM
 from bot.discord.rendering import ScreenRenderer
 from bot.discord.tracking import InFlight, ShownMessages
 from bot.handlers import router
 from bot.handlers.screens import Screen, SentRef
 from bot.render import to_markdown
+from core.platform import updates
 from core.platform.i18n import DEFAULT_LANGUAGE, t
 from core.services import Services
 
@@ -43,7 +45,7 @@ class InteractionHandler:
     async def on_command(self, interaction: discord.Interaction[Any], name: str, text: str, *, private: bool) -> None:
         """A slash command: answered privately when it shows private data or anyone but the user could see it."""
         answer = Answer(self, interaction, ephemeral=private or not in_bot_dm(interaction))
-        await self._answer(answer, router.handle_command(self.services, contact_of(interaction), name, text))
+        await self._answer(answer, lambda: router.handle_command(self.services, contact_of(interaction), name, text))
 
     async def on_stale_command(self, interaction: discord.Interaction[Any]) -> None:
         data: dict[str, Any] = dict(interaction.data or {})
@@ -57,12 +59,14 @@ class InteractionHandler:
         message = interaction.message
         ref = sent_ref(str(interaction.user.id), message.id) if message is not None else None
         answer = Answer(self, interaction, ephemeral=ephemeral_source(interaction) or not in_bot_dm(interaction))
-        await self._answer(answer, router.handle_action(self.services, contact_of(interaction), action, ref))
+        await self._answer(answer, lambda: router.handle_action(self.services, contact_of(interaction), action, ref))
 
     async def on_text(self, interaction: discord.Interaction[Any], text: str, reply_to: SentRef | None) -> None:
         """A submitted text box: a reply to a message, or the answer to a flow's question."""
         answer = Answer(self, interaction, ephemeral=ephemeral_source(interaction) or not in_bot_dm(interaction))
-        await self._answer(answer, router.handle_text(self.services, contact_of(interaction), text, reply_to=reply_to))
+        await self._answer(
+            answer, lambda: router.handle_text(self.services, contact_of(interaction), text, reply_to=reply_to)
+        )
 
     async def open_text_box(self, interaction: discord.Interaction[Any], kind: str) -> None:
         """The Reply (or Answer) button: a text box whose text answers the message the button is on."""
@@ -71,6 +75,8 @@ class InteractionHandler:
         user_id = str(interaction.user.id)
         reply_to = sent_ref(user_id, message.id) if message is not None else None
         try:
+            if not await self._first(interaction):
+                return
             locale = await self.renderer.locale_for(user_id)
             await interaction.response.send_modal(self.text_box(locale, kind, question=None, placeholder=None,
                                                                 reply_to=reply_to))
@@ -92,10 +98,17 @@ class InteractionHandler:
         if screen.on_sent is not None:
             await screen.on_sent(ref)
 
-    async def _answer(self, answer: Answer, work: Coroutine[Any, Any, list[Screen]]) -> None:
+    async def _first(self, interaction: discord.Interaction[Any]) -> bool:
+        """True the first time this interaction id arrives at any instance; a repeat is dropped unanswered (its
+        one response was already given, so it could only fail, after doing the work a second time)."""
+        return await updates.claim(self.services.db, PLATFORM, interaction.id)
+
+    async def _answer(self, answer: Answer, work: Callable[[], Coroutine[Any, Any, list[Screen]]]) -> None:
         self.tasks.track_current()
         try:
-            await answer.run(work)
+            if not await self._first(answer.interaction):
+                return
+            await answer.run(work())
         except Exception as error:
             await self.report_error(answer.interaction, error)
 

@@ -3,25 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import aiohttp
 import discord
+from discord.http import HTTPClient, Route
 
 from bot.discord.limits import PLATFORM
 from bot.discord.rendering import Rendered, ScreenRenderer
 from bot.discord.tracking import ShownMessages
 from bot.handlers.screens import screen_from_outgoing
 from core.platform.outbox import DeliveryError, OutgoingMessage
+from core.platform.pacing import BotBudget
+
+
+def pace_requests(http: HTTPClient, budget: BotBudget) -> None:
+    """Every REST request of discord.py's client takes a slot of the bot's budget (Discord allows a bot 50
+    requests a second), by the rank of the traffic it belongs to: answers, then the outbox, then broadcasts.
+
+    discord.py has no hook for this; its client's methods all call `self.request`, so the instance's `request` is
+    wrapped. Answers to interactions do not pass here (discord.py sends them through its webhook adapter), and
+    Discord does not count interaction endpoints in the bot's global limit either. Per-channel limits come back
+    in every answer's headers, and discord.py keeps to them itself. A 429 does not hold this budget: discord.py
+    waits out a global one for every request already, and a long per-route one concerns that route alone (it comes
+    back to the sender as `DeliveryError(retry_after=…)`)."""
+    request = http.request
+    shared = budget.shared
+
+    async def paced_request(route: Route, **kwargs: Any) -> Any:
+        ticket = await shared.acquire()
+        try:
+            return await request(route, **kwargs)
+        finally:
+            shared.finished(ticket)
+
+    http.request = paced_request  # type: ignore[method-assign]
 
 
 class DiscordSender:
     """Relayed SMS, codes and alerts as DMs; discord.py waits out short rate limits itself, longer ones come back
-    as `DeliveryError(retry_after=…)`, a user who cannot be messaged as `blocked`."""
+    as `DeliveryError(retry_after=…)`, a user who cannot be messaged as `blocked`. It paces itself: each of its
+    requests takes a slot of `budget` (see `pace_requests`)."""
 
     platform = PLATFORM
 
-    def __init__(self, client: discord.Client, renderer: ScreenRenderer, shown: ShownMessages) -> None:
+    def __init__(
+        self, client: discord.Client, renderer: ScreenRenderer, shown: ShownMessages, budget: BotBudget
+    ) -> None:
         self.client = client
+        self.budget = budget
         self.renderer = renderer
         self.shown = shown
         self._dm_channels: dict[str, int] = {}

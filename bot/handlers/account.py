@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from bot.handlers.args import arg_offset
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
 from core.models import User
@@ -43,9 +44,8 @@ async def history_command(req: Request) -> Screen:
 
 @action("hist")
 async def history_page(req: Request) -> Screen:
-    try:
-        offset = max(0, int(req.args[0])) if req.args else 0
-    except ValueError:
+    offset = arg_offset(req.args, 0, default=0)
+    if offset is None:
         return toast(req.t("error_stale_button"))
     return await _history_page(req, offset)
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.handlers.account import find_user, user_by_id
+from bot.handlers.args import arg_id, arg_offset, parse_id
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
 from bot.render import plain_text
 from core.admin import audit
 from core.models import ChatIdentity, Message, Payment, User, Verification
 from core.money import accounts, ledger, limits, payments
-from core.platform.i18n import Html, escape, money, parse_dollars
+from core.platform.i18n import AmountOutOfRange, Html, escape, money, parse_dollars
 from core.platform.settings import TIER_NAMES
 
 
@@ -34,6 +36,8 @@ async def grant(req: Request) -> Screen:
         return target
     try:
         cents = parse_dollars(req.args[1])
+    except AmountOutOfRange as error:
+        return Screen(req.t("admin_amount_too_large", limit=money(error.limit_cents)))
     except ValueError:
         return Screen(req.t("admin_bad_amount"))
     if cents == 0:
@@ -42,8 +46,27 @@ async def grant(req: Request) -> Screen:
     return await _grant(req, target.id, cents, reason, req.request_id)
 
 
-async def _grant(req: Request, user_id: int, cents: int, reason: str | None, key: str) -> Screen:
+class _CardUsed(Exception):
+    """The card's button already acted (False) or the card is unknown (None); raised to roll the transaction back."""
+
+    def __init__(self, claimed: bool | None) -> None:
+        super().__init__("admin card")
+        self.claimed = claimed
+
+
+async def _claim(session: AsyncSession, card: tuple[str, str] | None, user_id: int) -> None:
+    """Claim the card button `card` = (nonce, button) in this transaction, or raise _CardUsed."""
+    if card is not None:
+        claimed = await accounts.claim_admin_card(session, card[0], user_id, card[1])
+        if not claimed:
+            raise _CardUsed(claimed)
+
+
+async def _grant(
+    req: Request, user_id: int, cents: int, reason: str | None, key: str, card: tuple[str, str] | None = None
+) -> Screen:
     async with req.db.transaction() as session:
+        await _claim(session, card, user_id)
         actor = await session.get(User, req.user.id)
         target = await session.get(User, user_id)
         assert actor is not None and target is not None
@@ -57,8 +80,9 @@ async def _grant(req: Request, user_id: int, cents: int, reason: str | None, key
     )
 
 
-async def _set_status(req: Request, user_id: int, status: str) -> Screen:
+async def _set_status(req: Request, user_id: int, status: str, card: tuple[str, str] | None = None) -> Screen:
     async with req.db.transaction() as session:
+        await _claim(session, card, user_id)
         actor = await session.get(User, req.user.id)
         target = await session.get(User, user_id, with_for_update=True)
         assert actor is not None and target is not None
@@ -81,8 +105,9 @@ async def unban(req: Request) -> Screen:
     return target if isinstance(target, Screen) else await _set_status(req, target.id, "active")
 
 
-async def _set_tier(req: Request, user_id: int, tier: str) -> Screen:
+async def _set_tier(req: Request, user_id: int, tier: str, card: tuple[str, str] | None = None) -> Screen:
     async with req.db.transaction() as session:
+        await _claim(session, card, user_id)
         actor = await session.get(User, req.user.id)
         target = await session.get(User, user_id, with_for_update=True)
         assert actor is not None and target is not None
@@ -101,10 +126,15 @@ async def tier(req: Request) -> Screen:
 async def user_card(req: Request) -> Screen:
     """One account's full picture, with buttons to act on it."""
     target = await _target(req, "help_user", 1)
-    return target if isinstance(target, Screen) else await _card(req, target.id)
+    if isinstance(target, Screen):
+        return target
+    async with req.db.transaction() as session:
+        nonce = await accounts.open_admin_card(session, req.user.id, target.id)
+    return await _card(req, target.id, nonce)
 
 
-async def _card(req: Request, user_id: int, *, edit: bool = False) -> Screen:
+async def _card(req: Request, user_id: int, nonce: str, *, edit: bool = False) -> Screen:
+    """The /user card; its acting buttons carry `nonce`, so each acts once for this card (not per press)."""
     async with req.db.read() as session:
         user = await session.get(User, user_id)
         assert user is not None
@@ -141,39 +171,52 @@ async def _card(req: Request, user_id: int, *, edit: bool = False) -> Screen:
         text = Html(text + req.t("user_recent_messages", lines=Html(lines)))
     next_tier = TIER_NAMES[(TIER_NAMES.index(user.tier) + 1) % len(TIER_NAMES)]
     status_button = (
-        Button(req.t("btn_user_unban"), action=f"adm:unban:{user_id}")
+        Button(req.t("btn_user_unban"), action=f"adm:unban:{user_id}:{nonce}")
         if user.status == "banned"
-        else Button(req.t("btn_user_ban"), action=f"adm:ban:{user_id}")
+        else Button(req.t("btn_user_ban"), action=f"adm:ban:{user_id}:{nonce}")
     )
     buttons = [
-        [status_button, Button(req.t("btn_user_tier", tier=next_tier), action=f"adm:tier:{user_id}:{next_tier}")],
-        [Button(req.t("btn_user_grant"), action=f"adm:grant:{user_id}"),
+        [status_button,
+         Button(req.t("btn_user_tier", tier=next_tier), action=f"adm:tier:{user_id}:{next_tier}:{nonce}")],
+        [Button(req.t("btn_user_grant"), action=f"adm:grant:{user_id}:{nonce}"),
          Button(req.t("btn_user_audit"), action=f"adm:audit:{user_id}")],
     ]
     return Screen(text, buttons=buttons, edit=edit)
 
 
+CARD_GRANT_CENTS = 500
+
+
 @action("adm", admin=True)
 async def user_card_action(req: Request) -> Screen:
-    """Buttons on the /user card; the target is re-read from the database."""
-    if len(req.args) < 2 or not req.args[1].isdigit():
+    """Buttons on the /user card; the target is re-read from the database, and each button acts once per card
+    (`adm:<what>:<user>[:<tier>]:<nonce>`): a double tap or a redelivered press must not grant $5 twice."""
+    what, user_id = (req.args[0] if req.args else ""), arg_id(req.args, 1)
+    if user_id is None or await user_by_id(req, user_id) is None:
         return toast(req.t("error_stale_button"))
-    what, user_id = req.args[0], int(req.args[1])
-    if await user_by_id(req, user_id) is None:
-        return toast(req.t("error_stale_button"))
-    if what in ("ban", "unban"):
-        answer = await _set_status(req, user_id, "banned" if what == "ban" else "active")
-    elif what == "tier" and len(req.args) > 2 and req.args[2] in TIER_NAMES:
-        answer = await _set_tier(req, user_id, req.args[2])
-    elif what == "grant":
-        answer = await _grant(req, user_id, 500, "from /user card", req.request_id)
-    elif what == "audit":
+    if what == "audit":
         return await _audit(req, user_id)
-    else:
+    shape = {"ban": 3, "unban": 3, "grant": 3, "tier": 4}.get(what)
+    if shape is None or len(req.args) != shape or (what == "tier" and req.args[2] not in TIER_NAMES):
         return toast(req.t("error_stale_button"))
-    card = await _card(req, user_id, edit=True)
-    card.toast = plain_text(answer.text)[:190]
-    return card
+    nonce = req.args[-1]
+    card = (nonce, ":".join(req.args[:-1]))
+    try:
+        if what in ("ban", "unban"):
+            answer = await _set_status(req, user_id, "banned" if what == "ban" else "active", card)
+        elif what == "tier":
+            answer = await _set_tier(req, user_id, req.args[2], card)
+        else:
+            answer = await _grant(req, user_id, CARD_GRANT_CENTS, "from /user card", f"card:{nonce}", card)
+    except _CardUsed as used:
+        if used.claimed is None:
+            return toast(req.t("admin_card_expired"), alert=True)
+        refreshed = await _card(req, user_id, nonce, edit=True)
+        refreshed.toast = plain_text(req.t("admin_card_already_done"))[:190]
+        return refreshed
+    refreshed = await _card(req, user_id, nonce, edit=True)
+    refreshed.toast = plain_text(answer.text)[:190]
+    return refreshed
 
 
 @command("audit", admin=True)
@@ -209,9 +252,10 @@ async def _audit(req: Request, target_id: int | None, offset: int = 0) -> Screen
 
 @action("audp", admin=True)
 async def audit_page(req: Request) -> Screen:
-    try:
-        target, offset = int(req.args[0]), int(req.args[1])
-    except (IndexError, ValueError):
+    # Target 0 is "everyone's actions" (the /audit without a user).
+    target = 0 if req.args[:1] == ["0"] else arg_id(req.args, 0)
+    offset = arg_offset(req.args, 1)
+    if target is None or offset is None:
         return toast(req.t("error_stale_button"))
     return await _audit(req, target or None, offset)
 
@@ -219,12 +263,12 @@ async def audit_page(req: Request) -> Screen:
 @command("refund", admin=True)
 async def refund(req: Request) -> Screen:
     """Refund a Stars payment: the credit is reversed once and Telegram returns the Stars."""
-    if not req.args or not req.args[0].lstrip("#").isdigit():
+    payment_id = parse_id(req.args[0].removeprefix("#")) if req.args else None
+    if payment_id is None:
         return Screen(req.t("admin_usage", usage=Html(req.t("help_refund").split(": ", 1)[-1])))
     refunder = req.services.stars_refunder
     if refunder is None:
         return Screen(req.t("topup_only_telegram"))
-    payment_id = int(req.args[0].lstrip("#"))
     try:
         async with req.db.transaction() as session:
             actor = await session.get(User, req.user.id)

@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bot.handlers.args import arg_id, arg_int
 from bot.handlers.router import Request, action, command, maps_errors, on_reply, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, SentRef, toast
 from core.ai.service import (
@@ -96,11 +97,6 @@ async def send_sms_to(
     ), True
 
 
-def _int(args: list[str], index: int) -> int | None:
-    try:
-        return int(args[index])
-    except (IndexError, ValueError):
-        return None
 
 
 # --- analysis --------------------------------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ async def _analyze_typed(req: Request, args: list[str]) -> Screen:
 
 
 async def _analyze_message(req: Request, args: list[str]) -> Screen:
-    message_id = _int(args, 0)
+    message_id = arg_id(args, 0, big=True)  # messages.id is BIGINT
     if message_id is None:
         return toast(req.t("error_stale_button"))
     answer = await ai_service(req).analyze_message(req.user, message_id)
@@ -201,7 +197,7 @@ async def suggest(req: Request) -> Screen:
 
 
 async def _suggest_for_message(req: Request, args: list[str]) -> Screen:
-    message_id = _int(args, 0)
+    message_id = arg_id(args, 0, big=True)  # messages.id is BIGINT
     if message_id is None:
         return toast(req.t("error_stale_button"))
     # A new message under the relayed SMS: the SMS itself, with its Reply button, stays as it was.
@@ -209,7 +205,7 @@ async def _suggest_for_message(req: Request, args: list[str]) -> Screen:
 
 
 async def _suggest_for_conversation(req: Request, args: list[str]) -> Screen:
-    conversation_id = _int(args, 0)
+    conversation_id = arg_id(args, 0)
     if conversation_id is None:
         return toast(req.t("error_stale_button"))
     answer = await ai_service(req).drafts_for_conversation(req.user, conversation_id)
@@ -225,7 +221,7 @@ async def _pick_conversation(req: Request, args: list[str]) -> Screen:
 
 
 async def _drafts_and_index(req: Request, args: list[str]) -> tuple[DraftSet | None, int | None]:
-    index = _int(args, 1)
+    index = arg_int(args, 1)
     if not args or index is None:
         return None, None
     draft_set = await ai_service(req).load_drafts(req.user.id, args[0])
@@ -281,7 +277,7 @@ async def _regenerate_draft(req: Request, args: list[str]) -> Screen:
 async def _typed_draft(req: Request, args: list[str]) -> Screen:
     if req.prompt_data is None:
         return toast(req.t("error_stale_button"))
-    return await _send_edited(req, args[0] if args else "", _int(args, 1))
+    return await _send_edited(req, args[0] if args else "", arg_int(args, 1))
 
 
 @on_reply("ai_draft")

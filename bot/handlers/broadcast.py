@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from bot.handlers.args import arg_id
 from bot.handlers.router import Request, action, command, set_prompt
 from bot.handlers.screens import Button, Screen, toast
 from core.broadcast import service as broadcasts
@@ -36,9 +37,7 @@ async def _draft(req: Request, broadcast_id: int) -> Broadcast | None:
 
 
 def _draft_id(req: Request) -> int | None:
-    if len(req.args) < 2 or not req.args[1].isdigit():
-        return None
-    return int(req.args[1])
+    return arg_id(req.args, 1)
 
 
 @command("broadcast", admin=True)

@@ -1,10 +1,12 @@
 """Admin flow /health: providers (reachable, latency, balance against the low-balance threshold), database,
-outbox depth and oldest pending delivery, parked deliveries, error rates in the last hour, version and uptime."""
+outbox depth and oldest pending delivery, parked deliveries (with a button to send them again), live instances,
+error rates in the last hour, version and uptime."""
 
 from __future__ import annotations
 
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen
+from bot.render import plain_text
 from core.admin import health
 from core.platform.i18n import Html, money
 
@@ -51,6 +53,8 @@ def health_text(req: Request, report: health.HealthReport) -> Html:
     queue = report.outbox
     lines.append(req.t("adm_health_outbox", pending=f"{queue['pending']:,}", sending=f"{queue['sending']:,}",
                        oldest=f"{float(queue['oldest_pending_seconds']):.0f}", parked=f"{queue['parked']:,}"))
+    if report.instances_alive is not None:
+        lines.append(req.t("adm_health_instances", count=report.instances_alive))
     rates = report.error_rates
     lines.append(req.t("adm_health_errors", deliveries=_rate(req, rates.get("deliveries")),
                        verifications=_rate(req, rates.get("verifications")), sms=_rate(req, rates.get("sms_out")),
@@ -63,8 +67,11 @@ async def _health(req: Request) -> Screen:
     # An admin asking wants fresh answers, but a double tap should not probe every provider twice.
     report = await health.collect(req.services, max_age=10.0)
     health.export_gauges(req.services.metrics, report)
-    return Screen(health_text(req, report), buttons=[[Button(req.t("adm_btn_refresh"), action="hl:refresh")]],
-                  edit=req.is_button)
+    buttons = [[Button(req.t("adm_btn_refresh"), action="hl:refresh")]]
+    retryable = int(report.outbox.get("parked_retryable", 0))
+    if retryable:
+        buttons.insert(0, [Button(req.t("adm_btn_retry_parked", count=f"{retryable:,}"), action="hl:retry")])
+    return Screen(health_text(req, report), buttons=buttons, edit=req.is_button)
 
 
 @command("health", admin=True)
@@ -75,5 +82,10 @@ async def health_command(req: Request) -> Screen:
 
 @action("hl", admin=True)
 async def health_refresh(req: Request) -> Screen:
-    """The Refresh button under /health."""
+    """The buttons under /health: Refresh, and Retry for parked deliveries (a second tap finds none left)."""
+    if req.args[:1] == ["retry"]:
+        count = await health.retry_parked(req.services, req.user.id)
+        screen = await _health(req)
+        screen.toast = plain_text(req.t("adm_parked_requeued", count=count) if count else req.t("adm_parked_none"))
+        return screen
     return await _health(req)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 
+from bot.handlers.args import arg_id
 from bot.handlers.router import Request, action, command, maps_errors, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, toast
+from bot.handlers.selling import with_sandbox_notice
 from core.messaging.errors import MessagingError, NotYours
+from core.messaging.numbers import QUOTE_KIND
 from core.messaging.relay import display_number
 from core.messaging.service import MessagingService
 from core.models import PhoneNumber, User
+from core.money import offers
 from core.platform.i18n import Html, money
 from core.platform.phone import country_name
 
@@ -128,14 +132,15 @@ async def pick_number(req: Request) -> Screen:
         user = await session.get(User, req.user.id)
         available = user.available_cents if user is not None else 0
     place_parts = [p for p in (quote.locality, country_name(quote.country, req.locale)) if p]
+    text = req.t(
+        "num_quote", number=display_number(quote.e164), place=f" · {', '.join(place_parts)}",
+        price=money(quote.monthly_price_cents), available=money(available),
+    )
     return Screen(
-        req.t(
-            "num_quote", number=display_number(quote.e164), place=f" · {', '.join(place_parts)}",
-            price=money(quote.monthly_price_cents), available=money(available),
-        ),
+        with_sandbox_notice(req, "sms", text),
         buttons=[[
             Button(req.t("btn_confirm"), action=f"num_ok:{quote.token}"),
-            Button(req.t("btn_cancel"), action="num_cancel"),
+            Button(req.t("btn_cancel"), action=f"num_cancel:{quote.token}"),
         ]],
         edit=req.is_button,
     )
@@ -143,11 +148,10 @@ async def pick_number(req: Request) -> Screen:
 
 @action("num_ok")
 async def confirm(req: Request) -> Screen:
-    """Confirm: buys once per quote, however often the button is pressed."""
+    """Confirm: buys once per quote; pressed again, or after the quote's Cancel or expiry, it only says so."""
     token = req.args[0] if req.args else ""
-    messaging = _messaging(req)
-    e164 = await messaging.quoted_number(req.user.id, token)
-    number = await messaging.buy_number(req.user.id, e164, request_key=token)
+    async with offers.redeem(req.db, QUOTE_KIND, req.user.id, token) as quote:
+        number = await _messaging(req).buy_number(req.user.id, str(quote["e164"]), request_key=token)
     return Screen(
         req.t("num_bought", number=display_number(number.e164), price=money(number.monthly_price_cents)),
         buttons=[[Button(req.t("num_btn_my_numbers"), action="num_list")]],
@@ -157,6 +161,10 @@ async def confirm(req: Request) -> Screen:
 
 @action("num_cancel")
 async def cancel(req: Request) -> Screen:
+    """Cancel on any step of Buy; on a price screen (num_cancel:<quote>) its Confirm does nothing from now on."""
+    if req.args and not await offers.withdraw(req.db, QUOTE_KIND, req.user.id, req.args[0]):
+        # The number was already bought from this quote (or it expired): "cancelled" would not be true.
+        raise offers.OfferGone()
     await pop_prompt(req.services, req.contact)
     return Screen(req.t("num_cancelled"), edit=True)
 
@@ -190,9 +198,8 @@ async def release_confirmed(req: Request) -> Screen:
 
 async def _owned(req: Request) -> PhoneNumber | Screen:
     """The number a Release button names, re-checked: someone else's → not yours; released → a short toast."""
-    try:
-        number_id = int(req.args[0])
-    except (IndexError, ValueError):
+    number_id = arg_id(req.args, 0)
+    if number_id is None:
         return toast(req.t("error_stale_button"))
     number = await _messaging(req).owned_number(req.user.id, number_id)
     if number.state != "active":

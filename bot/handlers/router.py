@@ -20,6 +20,7 @@ from core.money import accounts, ledger
 from core.money.accounts import AccountError, Contact
 from core.money.limits import LimitReached
 from core.platform.clock import utcnow
+from core.platform.db_faults import database_unavailable, describe
 from core.platform.i18n import Html, money, t
 from core.services import Services
 
@@ -65,7 +66,7 @@ class CommandSpec:
     flow: Flow
     admin: bool
     help_key: str
-    private: bool  # shows numbers, codes or money: never answered inside a group
+    private: bool  # shows numbers, codes or money: on Discord answered to the user alone (groups get none at all)
 
 
 COMMANDS: dict[str, CommandSpec] = {}
@@ -250,6 +251,8 @@ async def _run(req: Request, flow: Flow) -> list[Screen]:
             if req.is_button:
                 expected.toast = expected.toast or plain_text(expected.text)[:190]
             return [expected]
+        if database_unavailable(error):
+            return [_unavailable(req.contact, req.name, error)]
         error_id = uuid.uuid4().hex[:8]
         req.services.metrics.handler_errors.inc()
         log.exception("error %s in %s for %s:%s", error_id, req.name, req.contact.platform, req.contact.platform_user_id)
@@ -259,9 +262,34 @@ async def _run(req: Request, flow: Flow) -> list[Screen]:
     return answer if isinstance(answer, list) else [answer]
 
 
-async def _gate(services: Services, contact: Contact, name: str, *, is_button: bool) -> tuple[Request | None, list[Screen]]:
-    """Load the account and apply the rules every request passes: rate limit, ban."""
-    user, is_admin, created = await _load(services, contact)
+def _unavailable(contact: Contact, name: str, error: Exception) -> Screen:
+    """The database is down or restarting: a short "try again shortly", a WARNING, no error id, no trace."""
+    log.warning("%s for %s:%s answered 'temporarily unavailable': the database is unavailable (%s)", name,
+                contact.platform, contact.platform_user_id, describe(error))
+    locale = "es" if (contact.language_code or "").lower().startswith("es") else "en"
+    text = t(locale, "error_unavailable")
+    return Screen(text, toast=plain_text(text)[:190])
+
+
+def _private_only(req: Request, private_chat_url: str | None) -> Screen:
+    """What a group gets instead of an answer: a pointer to the private chat, nothing about the account."""
+    if req.is_button:
+        return toast(req.t("group_use_private"), alert=True)
+    buttons = [[Button(req.t("btn_open_private"), url=private_chat_url)]] if private_chat_url else []
+    return Screen(req.t("group_use_private"), buttons=buttons)
+
+
+async def _gate(
+    services: Services, contact: Contact, name: str, *, is_button: bool, in_group: bool = False,
+    private_chat_url: str | None = None,
+) -> tuple[Request | None, list[Screen]]:
+    """Load the account and apply the rules every request passes: rate limit, groups, ban."""
+    try:
+        user, is_admin, created = await _load(services, contact)
+    except Exception as error:
+        if not database_unavailable(error):
+            raise
+        return None, [_unavailable(contact, name, error)]
     req = Request(
         services=services, contact=contact, user=user, is_admin=is_admin, name=name, is_button=is_button,
         new_account=created,
@@ -270,6 +298,10 @@ async def _gate(services: Services, contact: Contact, name: str, *, is_button: b
     if wait is not None and not is_admin:
         text = req.t("error_rate_limited", seconds=max(1, round(wait)))
         return None, [Screen(text, toast=plain_text(text))]
+    if in_group:
+        # Groups see nothing private, whatever the command or button (/start once posted the balance there):
+        # one rule here, so no flow has to remember it. Before the ban check: a ban is private too.
+        return None, [_private_only(req, private_chat_url)]
     if user.status == "banned":
         text = req.t("error_banned")
         return None, [Screen(text, toast=plain_text(text))]
@@ -284,7 +316,10 @@ async def handle_command(
     """A `/command` with its argument text."""
     name = name.lower()
     spec = COMMANDS.get(name)
-    req, refusal = await _gate(services, contact, name if spec else "unknown", is_button=False)
+    req, refusal = await _gate(
+        services, contact, name if spec else "unknown", is_button=False, in_group=in_group,
+        private_chat_url=private_chat_url,
+    )
     if req is None:
         return refusal
     req.text = text.strip()
@@ -293,9 +328,6 @@ async def handle_command(
         return [Screen(req.t("unknown_command", command=f"/{name}"))]
     if spec.admin and not req.is_admin:
         return [Screen(req.t("error_admin_only"))]
-    if in_group and (spec.private or spec.admin):
-        buttons = [[Button(req.t("btn_open_private"), url=private_chat_url)]] if private_chat_url else []
-        return [Screen(req.t("group_use_private"), buttons=buttons)]
     if name != "cancel":
         await _clear_prompt(services, contact)
     return await _run(req, spec.flow)
@@ -323,7 +355,9 @@ async def handle_action(
     """A button press: `data` is the button's action id."""
     prefix, _, rest = data.partition(":")
     entry = ACTIONS.get(prefix)
-    req, refusal = await _gate(services, contact, prefix if entry else "unknown_button", is_button=True)
+    req, refusal = await _gate(
+        services, contact, prefix if entry else "unknown_button", is_button=True, in_group=in_group
+    )
     if req is None:
         return refusal
     req.message = message
@@ -334,9 +368,20 @@ async def handle_action(
     flow, admin_only = entry
     if admin_only and not req.is_admin:
         return [toast(req.t("error_admin_only"), alert=True)]
-    if in_group:
-        return [toast(req.t("group_use_private"), alert=True)]
     return await _run(req, flow)
+
+
+async def handle_edited_command(
+    services: Services, contact: Contact, *, in_group: bool = False, private_chat_url: str | None = None
+) -> list[Screen]:
+    """An edited message that carries a command: never run (the original already was, or was refused), only
+    answered with "send it again", so an edit can neither repeat a purchase nor issue a second /link code."""
+    req, refusal = await _gate(
+        services, contact, "edited", is_button=False, in_group=in_group, private_chat_url=private_chat_url
+    )
+    if req is None:
+        return refusal
+    return [Screen(req.t("edit_not_run"))]
 
 
 async def handle_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 
+from bot.handlers.args import arg_id, arg_offset
 from bot.handlers.numbers import messaging_errors  # noqa: F401 - registers the messaging error mapper
 from bot.handlers.router import Request, action, command, on_reply, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, SentRef, toast
@@ -179,7 +180,7 @@ async def inbox(req: Request) -> Screen:
 
 @action("inbox")
 async def inbox_page(req: Request) -> Screen:
-    offset = _int_arg(req, 0)
+    offset = arg_offset(req.args, 0)
     if offset is None:
         return toast(req.t("error_stale_button"))
     return await _inbox(req, offset)
@@ -210,8 +211,8 @@ async def _inbox(req: Request, offset: int) -> Screen:
 @action("conv")
 async def open_conversation(req: Request) -> Screen:
     """One conversation, a page of messages newest first; opening it marks it read. Replying to it texts back."""
-    conversation_id = _int_arg(req, 0)
-    offset = _int_arg(req, 1) if len(req.args) > 1 else 0
+    conversation_id = arg_id(req.args, 0)
+    offset = arg_offset(req.args, 1, default=0)
     if conversation_id is None or offset is None:
         return toast(req.t("error_stale_button"))
     view, messages, total = await _messaging(req).history(conversation_id, offset, HISTORY_PAGE, user_id=req.user.id)
@@ -263,17 +264,9 @@ def _who(view: ConversationView) -> str:
     return f"{view.contact_name} ({number})" if view.contact_name else number
 
 
-def _int_arg(req: Request, index: int) -> int | None:
-    try:
-        value = int(req.args[index])
-    except (IndexError, ValueError):
-        return None
-    return value if value >= 0 else None
-
-
 async def _conversation_arg(req: Request) -> ConversationView | Screen:
     """The conversation a button or prompt names, re-checked against the database (NotYours otherwise)."""
-    conversation_id = _int_arg(req, 0)
+    conversation_id = arg_id(req.args, 0)
     if conversation_id is None:
         return toast(req.t("error_stale_button"))
     return await _messaging(req).conversation(req.user.id, conversation_id)

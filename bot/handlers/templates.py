@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.handlers.ai import ai_service, answer_footer, privacy_buttons, send_sms_to
+from bot.handlers.args import arg_id, arg_int, parse_id
 from bot.handlers.router import Request, action, command, maps_errors, pop_prompt, set_prompt
 from bot.handlers.screens import Button, Screen, toast
 from core.ai.service import AiTextTooLong, ConversationRef
@@ -157,8 +158,20 @@ async def _card(req: Request, ref: str, *, edit: bool, notice: Html | None = Non
     return Screen(Html("\n".join(lines)), buttons=buttons, edit=edit)
 
 
+def _template_ref(args: list[str], index: int) -> str | None:
+    """A template ref from a button: `b.<name>` (built in) or `u.<id>` with an id in range; None otherwise."""
+    ref = args[index] if 0 <= index < len(args) else ""
+    kind, _, key = ref.partition(".")
+    if (kind == "b" and key) or (kind == "u" and parse_id(key) is not None):
+        return ref
+    return None
+
+
 async def _open(req: Request, args: list[str]) -> Screen:
-    return await _card(req, args[0] if args else "", edit=req.is_button)
+    ref = _template_ref(args, 0)
+    if ref is None:
+        return toast(req.t("error_stale_button"))
+    return await _card(req, ref, edit=req.is_button)
 
 
 async def _show_list(req: Request, args: list[str]) -> Screen:
@@ -174,11 +187,11 @@ def _fill_key(token: str) -> str:
 
 async def _use(req: Request, args: list[str]) -> Screen:
     """Second tap: the template goes to this conversation, straight away when it has nothing to fill in."""
-    conversation_id = _int(args, 1)
-    if not args or conversation_id is None:
+    ref, conversation_id = _template_ref(args, 0), arg_id(args, 1)
+    if ref is None or conversation_id is None:
         return toast(req.t("error_stale_button"))
     async with req.db.read() as session:
-        template = await templates.get_template(session, req.user.id, args[0], req.locale)
+        template = await templates.get_template(session, req.user.id, ref, req.locale)
     conversation = await ai_service(req).conversation(req.user.id, conversation_id)
     fill = {
         "user_id": req.user.id, "token": secrets.token_urlsafe(8), "name": template.name, "body": template.body,
@@ -253,7 +266,7 @@ async def _typed_value(req: Request, args: list[str]) -> Screen:
 
 async def _quick_value(req: Request, args: list[str]) -> Screen:
     fill = await _load_fill(req, args)
-    index = _int(args, 1)
+    index = arg_int(args, 1)
     if fill is None or not fill.get("pending") or index is None or not 0 <= index < len(fill["options"]):
         return toast(req.t("tpl_fill_expired"), alert=True)
     fill["values"][fill["pending"]] = templates.check_value(fill["pending"], fill["options"][index], req.locale)
@@ -343,7 +356,7 @@ async def _new_body(req: Request, args: list[str]) -> Screen:
 
 
 async def _rename(req: Request, args: list[str]) -> Screen:
-    template_id = _int(args, 0)
+    template_id = arg_id(args, 0)
     if template_id is None:
         return toast(req.t("error_stale_button"))
     async with req.db.read() as session:
@@ -353,7 +366,7 @@ async def _rename(req: Request, args: list[str]) -> Screen:
 
 
 async def _renamed(req: Request, args: list[str]) -> Screen:
-    template_id = _int(args, 0)
+    template_id = arg_id(args, 0)
     if not _typed(req) or template_id is None:
         return toast(req.t("error_stale_button"))
     try:
@@ -367,7 +380,7 @@ async def _renamed(req: Request, args: list[str]) -> Screen:
 
 
 async def _edit_body(req: Request, args: list[str]) -> Screen:
-    template_id = _int(args, 0)
+    template_id = arg_id(args, 0)
     if template_id is None:
         return toast(req.t("error_stale_button"))
     async with req.db.read() as session:
@@ -377,7 +390,7 @@ async def _edit_body(req: Request, args: list[str]) -> Screen:
 
 
 async def _body_edited(req: Request, args: list[str]) -> Screen:
-    template_id = _int(args, 0)
+    template_id = arg_id(args, 0)
     if not _typed(req) or template_id is None:
         return toast(req.t("error_stale_button"))
     try:
@@ -391,7 +404,7 @@ async def _body_edited(req: Request, args: list[str]) -> Screen:
 
 
 async def _delete(req: Request, args: list[str]) -> Screen:
-    template_id = _int(args, 0)
+    template_id = arg_id(args, 0)
     if template_id is None:
         return toast(req.t("error_stale_button"))
     async with req.db.read() as session:
@@ -407,7 +420,7 @@ async def _delete(req: Request, args: list[str]) -> Screen:
 
 
 async def _delete_confirmed(req: Request, args: list[str]) -> Screen:
-    template_id = _int(args, 0)
+    template_id = arg_id(args, 0)
     if template_id is None:
         return toast(req.t("error_stale_button"))
     async with req.db.transaction() as session:
@@ -501,13 +514,6 @@ async def _ai_body_typed(req: Request, args: list[str]) -> Screen:
 
 
 # --- the one entry point for every `tpl:` button ----------------------------------------------------------------------
-
-
-def _int(args: list[str], index: int) -> int | None:
-    try:
-        return int(args[index])
-    except (IndexError, ValueError):
-        return None
 
 
 _VERBS: dict[str, Verb] = {

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 
+from bot.handlers.args import arg_id, arg_offset
 from bot.handlers.router import Request, action, command, maps_errors, set_prompt
 from bot.handlers.screens import Button, Screen, SentRef, screen_from_outgoing, toast
+from bot.handlers.selling import with_sandbox_notice
 from core.models import Verification
+from core.money import offers
 from core.platform.i18n import Html, money
 from core.providers.verification import ProviderError, ServiceInfo
+from core.verification.purchase import OFFER_KIND, OFFER_TTL
 from core.verification.service import (
     ACTION_ANOTHER,
     ACTION_CANCEL,
@@ -28,12 +31,12 @@ from core.verification.service import (
 
 ACTION_SEARCH = "vfq"
 ACTION_ALL = "vfa"  # vfa:<page>
-ACTION_CONFIRM = "vfok"  # vfok:<nonce>:<service token>
-ACTION_BACK_OUT = "vfx"
+ACTION_CONFIRM = "vfok"  # vfok:<offer token>
+ACTION_BACK_OUT = "vfx"  # vfx:<offer token>
 ACTION_HISTORY = "vfh"  # vfh:<offset>
 
 HISTORY_PAGE = 8
-# Room left in a 64-byte action id after the longest prefix ("vfok:" + 8-hex nonce + ":").
+# Room for a service code in a 64-byte action id after its button's prefix ("vfp:"), with a margin to spare.
 _MAX_TOKEN_BYTES = 48
 # A status in one of these states can still change by itself, so its chat message is remembered for edits.
 _LIVE_STATES = ("requested", "active", "code_received")
@@ -71,10 +74,10 @@ def _browse_row(req: Request) -> list[Button]:
 
 
 def _verification_id(req: Request) -> int:
-    try:
-        return int(req.args[0])
-    except (IndexError, ValueError):
-        raise VerificationError("error_stale_button") from None
+    verification_id = arg_id(req.args, 0, big=True)
+    if verification_id is None:
+        raise VerificationError("error_stale_button")
+    return verification_id
 
 
 def _status_screen(req: Request, verification: Verification, *, edit: bool, toast_text: str | None = None) -> Screen:
@@ -131,9 +134,8 @@ async def search(req: Request) -> Screen:
 @action(ACTION_ALL)
 async def all_services(req: Request) -> Screen:
     """Every service, a page at a time."""
-    try:
-        page = int(req.args[0]) if req.args else 0
-    except ValueError:
+    page = arg_offset(req.args, 0, default=0)
+    if page is None:
         return toast(req.t("error_stale_button"))
     catalogue = await _service(req).catalogue(page)
     buttons = _service_rows(catalogue.items)
@@ -161,22 +163,25 @@ async def pick(req: Request) -> Screen:
 
 async def _price_screen(req: Request, code: str) -> Screen:
     quote = await _service(req).quote(req.user, code)
-    # The nonce names this one offer: pressing its Confirm twice buys once, a fresh offer buys again.
-    nonce = secrets.token_hex(4)
+    # The offer names this one price screen: its Confirm buys once, and never after its Cancel or expiry.
+    token = await offers.make(req.db, OFFER_KIND, req.user.id, {"service": quote.service}, OFFER_TTL)
     text = req.t(
         "vf_price", service=quote.name, price=money(quote.price_cents),
         minutes=int(DEFAULT_RENTAL.total_seconds() // 60),
     )
     buttons = [[
-        Button(req.t("btn_confirm"), action=f"{ACTION_CONFIRM}:{nonce}:{_token(quote.service)}"),
-        Button(req.t("btn_cancel"), action=ACTION_BACK_OUT),
+        Button(req.t("btn_confirm"), action=f"{ACTION_CONFIRM}:{token}"),
+        Button(req.t("btn_cancel"), action=f"{ACTION_BACK_OUT}:{token}"),
     ]]
-    return Screen(text, buttons=buttons, edit=req.is_button)
+    return Screen(with_sandbox_notice(req, "verification", text), buttons=buttons, edit=req.is_button)
 
 
 @action(ACTION_BACK_OUT)
 async def back_out(req: Request) -> Screen:
-    """Cancel on the price screen: nothing was bought."""
+    """Cancel on the price screen: nothing was bought, and its Confirm does nothing from now on."""
+    if req.args and not await offers.withdraw(req.db, OFFER_KIND, req.user.id, req.args[0]):
+        # Already used (a verification was bought from it) or gone: saying "nothing was charged" would be wrong.
+        raise offers.OfferGone()
     text = req.t("vf_purchase_cancelled")
     return Screen(text, edit=True, toast=text)
 
@@ -184,10 +189,9 @@ async def back_out(req: Request) -> Screen:
 @action(ACTION_CONFIRM)
 async def confirm(req: Request) -> Screen:
     """Buys at the price read again now (never the one on the button) and turns the offer into the live status."""
-    if len(req.args) < 2:
-        return toast(req.t("error_stale_button"))
-    code = await _resolve(req, ":".join(req.args[1:]))
-    verification = await _service(req).start(req.user.id, code, request_key=f"offer:{req.args[0]}")
+    token = req.args[0] if req.args else ""
+    async with offers.redeem(req.db, OFFER_KIND, req.user.id, token) as offer:
+        verification = await _service(req).start(req.user.id, str(offer["service"]), request_key=f"offer:{token}")
     return _status_screen(req, verification, edit=True)
 
 
@@ -241,9 +245,8 @@ async def refresh(req: Request) -> Screen:
 @action(ACTION_HISTORY)
 async def history(req: Request) -> Screen:
     """The user's verifications, newest first; open ones have a button back to their status."""
-    try:
-        offset = max(0, int(req.args[0])) if req.args else 0
-    except ValueError:
+    offset = arg_offset(req.args, 0, default=0)
+    if offset is None:
         return toast(req.t("error_stale_button"))
     rows, total = await _service(req).history(req.user.id, offset, HISTORY_PAGE)
     if total == 0:

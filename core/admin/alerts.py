@@ -26,6 +26,7 @@ from core.models import AlertState, ChatIdentity, User
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.i18n import Html, escape
+from core.platform.phone import mask_numbers
 from core.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ async def alert_admins(
         window.last_sent_at, window.suppressed = now, 0
     if window.suppressed >= KIND_BURST:
         state.suppressed += 1
-        log.warning("admin alert %s/%s held back: %d alerts of this kind already in this window", kind, key,
-                    window.suppressed)
+        log.warning("admin alert %s/%s held back: %d alerts of this kind already in this window", kind,
+                    mask_numbers(key), window.suppressed)
         return False
     window.suppressed += 1
     suppressed = state.suppressed
@@ -113,7 +114,7 @@ async def alert_admins(
     body = Html(f"🚨 <b>{escape(kind)}</b>\n{text}")
     if suppressed:
         body = Html(f"{body}\n<i>(+{suppressed} similar since the last alert)</i>")
-    log.warning("admin alert %s/%s", kind, key)
+    log.warning("admin alert %s/%s", kind, mask_numbers(key))  # keys may be phone numbers
     digest = hashlib.sha1(f"{kind}\0{key}".encode()).hexdigest()[:16]
     for identity in await admin_identities(session, settings):
         await outbox.enqueue(

@@ -2,7 +2,8 @@
 
 One `collect()` gathers the facts; `/health` formats them for admins, `/readyz` returns `report.as_dict()` as its
 details and `export_gauges()` puts the same numbers into the metrics registry. `check_and_alert()` turns them into
-deduplicated admin alerts (low balance, a provider down several checks in a row, deliveries being parked).
+deduplicated admin alerts (low balance, a provider down several checks in a row, deliveries being parked, the
+outbox stalled). `retry_parked()` is the admin's way to send parked deliveries again.
 
 Provider probes call each provider's `balance_cents()` (the one read-only call every provider offers), measure
 how long it took and cache the answer for `PROBE_MAX_AGE` seconds, so a readiness probe every few seconds does
@@ -22,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
+from core.admin import audit
 from core.models import Broadcast, Message, OutboxDelivery, Verification
 from core.platform import outbox
 from core.platform.clock import utcnow
@@ -37,6 +39,8 @@ PROBE_TIMEOUT = 5.0
 PROBE_MAX_AGE = 60.0
 DOWN_AFTER_FAILURES = 3  # a provider is reported down to admins after this many failed probes in a row
 PARKED_ALERT_THRESHOLD = 5  # parked deliveries in the last hour before admins hear about it
+# A delivery waiting this long means a chat platform has been refusing for a while (it is retried for a day).
+STALLED_AFTER_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class HealthReport:
     broadcasts_running: int
     low_balance_threshold_cents: int
     checked_at: datetime = field(default_factory=utcnow)
+    # Instances of the app holding their liveness lock on this database (None on SQLite or when unknown).
+    instances_alive: int | None = None
 
     @property
     def providers_ok(self) -> bool:
@@ -101,6 +107,7 @@ class HealthReport:
             "handler_errors": self.handler_errors,
             "broadcasts_running": self.broadcasts_running,
             "low_balance_threshold_cents": self.low_balance_threshold_cents,
+            "instances_alive": self.instances_alive,
         }
 
 
@@ -240,18 +247,25 @@ async def collect(services: Any, *, max_age: float = PROBE_MAX_AGE) -> HealthRep
     statuses = await asyncio.gather(
         *(probe(kind, provider, threshold, max_age=max_age) for kind, provider in providers_of(services))
     )
-    queue: dict[str, Any] = {"pending": 0, "sending": 0, "oldest_pending_seconds": 0.0, "parked": 0}
+    queue: dict[str, Any] = {
+        "pending": 0, "sending": 0, "oldest_pending_seconds": 0.0, "parked": 0, "parked_retryable": 0,
+    }
     rates: dict[str, Rate] = {}
     running = 0
+    instances: int | None = None
     if database_ok:
         try:
             queue = await outbox.outbox_health(db)
             rates = await error_rates(db, utcnow() - timedelta(hours=1))
             async with db.read() as session:
+                queue["parked_retryable"] = await outbox.count_retryable_parked(session)
                 running = int(
                     await session.scalar(select(func.count()).select_from(Broadcast).where(Broadcast.state == "running"))
                     or 0
                 )
+            liveness = getattr(getattr(services, "outbox", None), "liveness", None)
+            if liveness is not None:
+                instances = await liveness.instances_alive()
         except Exception:
             log.warning("health: reading the database failed", exc_info=True)
     metrics: Metrics | None = getattr(services, "metrics", None)
@@ -262,8 +276,23 @@ async def collect(services: Any, *, max_age: float = PROBE_MAX_AGE) -> HealthRep
         version=__version__, uptime_seconds=float(getattr(services, "uptime_seconds", 0.0)),
         database_ok=database_ok, database_ms=database_ms, providers=list(statuses), outbox=queue,
         error_rates=rates, handler_errors=handler_errors, broadcasts_running=running,
-        low_balance_threshold_cents=threshold,
+        low_balance_threshold_cents=threshold, instances_alive=instances,
     )
+
+
+async def retry_parked(services: Any, actor_user_id: int | None) -> int:
+    """An admin sends the parked deliveries again (those whose chat can still be reached), each in its chat's
+    queue with a fresh day of retries; recorded in the audit log. Returns how many were queued."""
+    async with services.db.transaction() as session:
+        count = await outbox.requeue_parked(session)
+        if count:
+            await audit.record(
+                session, actor_user_id=actor_user_id, action="retry parked", target_user_id=None,
+                after={"deliveries": count},
+            )
+    if count:
+        log.info("health: %d parked deliveries queued again by user %s", count, actor_user_id)
+    return count
 
 
 # --- Prometheus ----------------------------------------------------------------------------------------------------
@@ -362,4 +391,9 @@ async def check_and_alert(services: Any, report: HealthReport | None = None) -> 
             text = t("en", "adm_alert_parked", count=parked.failed, total=parked.total)
             if await alert_admins(session, services.settings, kind="deliveries parked", key="last hour", text=text):
                 queued.append("deliveries parked")
+        oldest = float(report.outbox.get("oldest_pending_seconds", 0.0))
+        if oldest >= STALLED_AFTER_SECONDS:
+            text = t("en", "adm_alert_outbox_stalled", minutes=int(oldest // 60), pending=report.outbox["pending"])
+            if await alert_admins(session, services.settings, kind="outbox stalled", key="oldest", text=text):
+                queued.append("outbox stalled")
     return queued

@@ -14,7 +14,7 @@ How it fits together
   of the segment, written with a single INSERT … SELECT (50,000 rows never pass through Python).
 * `BroadcastRunner` (runner.py) sends running broadcasts. It takes a lease on each (`Broadcast.lease_owner/
   lease_until`), so two app instances never send the same one; it adopts running broadcasts whose lease lapsed
-  (a restart, a crashed instance) and resumes from the recipients' states. Its lanes (sending.py) draw from the
-  platforms' shared rate budgets (pacing.py); its bookkeeper (bookkeeping.py) commits outcomes through the
-  recipient store (store.py) and keeps the progress card (progress.py) current.
+  (a restart, a crashed instance) and resumes from the recipients' states. Its lanes (sending.py) send as bulk
+  traffic through each bot's one flood budget (core/platform/pacing.py); its bookkeeper (bookkeeping.py) commits
+  outcomes through the recipient store (store.py) and keeps the progress card (progress.py) current.
 """

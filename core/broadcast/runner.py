@@ -32,22 +32,23 @@ from sqlalchemy import or_, select, update
 
 from core.broadcast.bookkeeping import Bookkeeper
 from core.broadcast.job import Job
-from core.broadcast.pacing import (
-    DISCORD_RATE,
-    OTHER_RATE,
-    TELEGRAM_PAID_RATE,
-    TELEGRAM_RATE,
-    PlatformBudgets,
-    RateBudget,
-)
 from core.broadcast.progress import ProgressCard
 from core.broadcast.sending import Lanes
 from core.broadcast.store import RecipientStore
 from core.models import Broadcast
 from core.platform.clock import utcnow
 from core.platform.db import Database
+from core.platform.db_faults import database_unavailable, describe
 from core.platform.metrics import Metrics
 from core.platform.outbox import ChatSender
+from core.platform.pacing import (
+    DISCORD_RATE,
+    OTHER_RATE,
+    TELEGRAM_PAID_RATE,
+    TELEGRAM_RATE,
+    BotBudget,
+    PlatformBudgets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class BroadcastRunner:
     `start()` adopts every running broadcast without a live lease, now and every `poll_interval` seconds (so a
     broadcast left by a crashed instance is taken over when its lease lapses); `kick()` makes it look at once.
     Each broadcast is sent by one task holding its lease: a lane per platform claims a few recipients at a time
-    just before their turn, waits for a slot of the platform's RateBudget and sends; a ticker commits outcomes,
+    just before their turn and sends each as bulk traffic, which takes the slots of the bot's flood budget that
+    answers, relays and alerts leave free (core/platform/pacing.py); a ticker commits outcomes,
     renews the lease and reads the state four times a second, so Pause and Cancel stop new sends within 0.25 s.
     """
 
@@ -81,7 +83,7 @@ class BroadcastRunner:
         paid_rate_per_second: float = TELEGRAM_PAID_RATE,
         discord_rate_per_second: float = DISCORD_RATE,
         other_rate_per_second: float = OTHER_RATE,
-        budgets: dict[str, RateBudget] | None = None,
+        budgets: dict[str, BotBudget] | None = None,
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
         tick_seconds: float = 0.25,
@@ -103,7 +105,7 @@ class BroadcastRunner:
         self.instance_id = (instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")[:64]
         self._store = RecipientStore(db, self.instance_id, lease_seconds, frozenset(self.senders))
         self._lanes = Lanes(
-            self.senders, self.pacing, self._store, metrics, tick_seconds=tick_seconds, max_attempts=max_attempts,
+            self.pacing.paced(self.senders), self.pacing, self._store, metrics, tick_seconds=tick_seconds, max_attempts=max_attempts,
             send_timeout=send_timeout, concurrency=concurrency,
         )
         self._books = Bookkeeper(self._store, ProgressCard(self.senders, progress_interval), tick_seconds=tick_seconds)
@@ -119,9 +121,9 @@ class BroadcastRunner:
     # -- wiring helpers --
 
     @property
-    def budgets(self) -> dict[str, RateBudget]:
-        """Each platform's shared budget; pass it to another runner in this process to share the limit."""
-        return self.pacing.shared
+    def budgets(self) -> dict[str, BotBudget]:
+        """Each platform's bot budget; a sender that paces itself brings its own, the others share these."""
+        return self.pacing.bots
 
     @property
     def messages_sent(self) -> int:
@@ -129,7 +131,8 @@ class BroadcastRunner:
         return self._lanes.messages_sent
 
     def paced_senders(self) -> dict[str, ChatSender]:
-        """The same senders for the outbox, drawing priority slots from the budgets broadcasts share."""
+        """The same senders for the outbox, on the budgets broadcasts draw from (the sender itself where it paces
+        itself, as the real front ends do)."""
         return self.pacing.paced(self.senders)
 
     # -- lifecycle --
@@ -210,8 +213,13 @@ class BroadcastRunner:
             try:
                 await self.adopt()
                 failures = 0
-            except Exception:
+            except Exception as error:
                 failures += 1
+                if database_unavailable(error):
+                    # An outage is not our defect: one line, and a short wait, so work resumes soon after it ends.
+                    log.warning("broadcast runner %s: database unavailable (%s)", self.instance_id, describe(error))
+                    await asyncio.sleep(min(5.0, 0.5 * 2 ** min(failures, 3)))
+                    continue
                 log.exception("broadcast runner %s: looking for work failed", self.instance_id)
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
 
@@ -291,10 +299,14 @@ class BroadcastRunner:
                 raise
             if job is not None:
                 job.stop("shutdown")
-        except Exception:
-            log.exception("broadcast %s: runner %s failed; releasing it for 30 s", broadcast_id, self.instance_id)
-            # Not adopted again at once by this instance: a lasting fault would otherwise log every second.
-            self._not_before[broadcast_id] = time.monotonic() + 30.0
+        except Exception as error:
+            if database_unavailable(error):
+                log.warning("broadcast %s: database unavailable (%s); resuming in 5 s", broadcast_id, describe(error))
+                self._not_before[broadcast_id] = time.monotonic() + 5.0
+            else:
+                log.exception("broadcast %s: runner %s failed; releasing it for 30 s", broadcast_id, self.instance_id)
+                # Not adopted again at once by this instance: a lasting fault would otherwise log every second.
+                self._not_before[broadcast_id] = time.monotonic() + 30.0
             if job is not None:
                 job.stop("shutdown")
         finally:

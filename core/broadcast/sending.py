@@ -1,4 +1,4 @@
-"""Sending one broadcast's recipients: a lane per platform claims a few ahead, takes a slot and sends each once."""
+"""Sending one broadcast's recipients: a lane per platform claims a few ahead and sends each once, as bulk traffic."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ import time
 from collections import deque
 
 from core.broadcast.job import INTERRUPTED, Job, Outcome, Recipient
-from core.broadcast.pacing import PlatformBudgets, RateBudget
 from core.broadcast.store import RecipientStore
 from core.platform.metrics import Metrics
 from core.platform.outbox import ChatSender, DeliveryError
+from core.platform.pacing import PlatformBudgets, Rank, Traffic, Withdrawn, traffic
 
 log = logging.getLogger(__name__)
 
 
 class Lanes:
-    """Sends a job's claimed recipients through the platforms' senders at their budgets' pace, and turns each
-    platform answer into an outcome: sent, blocked, failed for good, or pending again with a backoff."""
+    """Sends a job's claimed recipients through the platforms' senders, and turns each platform answer into an
+    outcome: sent, blocked, failed for good, or pending again with a backoff.
+
+    `senders` take their slots from the bots' flood budgets (`PlatformBudgets.paced`); every send here is bulk
+    traffic, so it only gets the slots answers, relays and alerts leave free, and gives its place up within
+    0.25 s of a pause or cancel."""
 
     def __init__(
         self,
@@ -51,12 +55,11 @@ class Lanes:
         return max(4, min(128, math.ceil(self.budgets.rate(platform, paid) * 0.25)))
 
     async def run(self, job: Job, platform: str) -> None:
-        """Send one platform's recipients: claim a few ahead of their turn, take a slot, send.
+        """Send one platform's recipients: claim a few ahead of their turn, send each as its slot comes.
 
         The next batch is claimed in the background while the current one is sent, so the claim's round trip
         never leaves a slot unused; at most two batches are claimed and unsent at any time."""
         sender = self.senders[platform]
-        budget = self.budgets.budget(platform, job.paid)
         rate = self.budgets.rate(platform, job.paid)
         batch = max(1, min(500, math.ceil(rate * self.tick_seconds)))
         slots = asyncio.Semaphore(self._concurrency(platform, job.paid))
@@ -95,7 +98,7 @@ class Lanes:
                     slots.release()
                     break
                 recipient = queue.popleft()
-                task = asyncio.create_task(self._send(job, sender, budget, recipient, slots))
+                task = asyncio.create_task(self._send(job, sender, recipient, slots))
                 job.in_flight[task] = recipient
         finally:
             if refill is not None:
@@ -106,18 +109,19 @@ class Lanes:
                 queue.extend(claimed or [])
             job.unsent.extend(queue)
 
-    async def _send(
-        self, job: Job, sender: ChatSender, budget: RateBudget, recipient: Recipient, slots: asyncio.Semaphore
-    ) -> None:
+    async def _send(self, job: Job, sender: ChatSender, recipient: Recipient, slots: asyncio.Semaphore) -> None:
         task = asyncio.current_task()
         try:
             await self.wait_backoff(job)
-            # The slot is taken here, in the task that sends at once: taken in the lane, a busy event loop could
-            # start this task late while later ones start on time, bunching requests at the platform.
-            if job.stopped() or not await budget.acquire_bulk(job.stopped):
+            if job.stopped():
                 job.unsent.append(recipient)
                 return
-            outcome = await self._attempt(job, sender, budget, recipient)
+            # The slot is taken inside the send, by the budget, in this task: when it comes, the request leaves.
+            with traffic(Rank.BULK, stopped=job.stopped) as flow:
+                outcome = await self._attempt(job, sender, recipient, flow)
+            if outcome is None:
+                job.unsent.append(recipient)  # the broadcast stopped before its slot came: nothing was sent
+                return
             job.outcomes.append(outcome)
             self._count(recipient.platform, outcome.state)
         finally:
@@ -133,17 +137,21 @@ class Lanes:
                 await asyncio.wait_for(job.stopped_event.wait(), delay)
             delay = job.backoff_until - time.monotonic()
 
-    async def _attempt(self, job: Job, sender: ChatSender, budget: RateBudget, recipient: Recipient) -> Outcome:
+    async def _attempt(self, job: Job, sender: ChatSender, recipient: Recipient, flow: Traffic) -> Outcome | None:
+        """Send once; None when the broadcast stopped while the send waited for its slot (nothing was sent)."""
         if not recipient.chat_id:
             return Outcome(recipient, "blocked", "no chat")
-        started = time.monotonic()
         try:
             async with asyncio.timeout(self.send_timeout):
                 await sender.send(recipient.chat_id, job.message)
+        except Withdrawn:
+            return None
         except DeliveryError as error:
-            budget.finished(started)
-            return self._refused(job, budget, recipient, error)
+            return self._refused(job, recipient, error)
         except TimeoutError:
+            if flow.requests == 0:
+                # Still waiting for a slot (a long flood wait): nothing left, so it may simply go again later.
+                return Outcome(recipient, "pending", "waited too long for a slot")
             log.warning("broadcast %s: send to %s:%s timed out; not resent", job.broadcast_id, recipient.platform,
                         recipient.chat_id)
             return Outcome(recipient, "failed", f"timed out: {INTERRUPTED}")
@@ -151,13 +159,12 @@ class Lanes:
             log.error("broadcast %s: send to %s:%s failed unexpectedly", job.broadcast_id, recipient.platform,
                       recipient.chat_id, exc_info=True)
             return Outcome(recipient, "failed", f"{type(error).__name__}: {error}"[:256])
-        budget.finished(started)
         job.sent_times.append(time.monotonic())
         job.failures_in_row = 0
         self.messages_sent += 1
         return Outcome(recipient, "sent")
 
-    def _refused(self, job: Job, budget: RateBudget, recipient: Recipient, error: DeliveryError) -> Outcome:
+    def _refused(self, job: Job, recipient: Recipient, error: DeliveryError) -> Outcome:
         reason = error.reason[:256]
         if error.blocked:
             return Outcome(recipient, "blocked", reason)
@@ -170,8 +177,7 @@ class Lanes:
             # The request may have reached the platform: the at-most-once rule applies.
             return Outcome(recipient, "failed", f"timed out: {INTERRUPTED}")
         if error.retry_after is not None:
-            # A flood wait holds the whole bot, ordinary traffic included.
-            budget.hold(error.retry_after)
+            # The budget holds the whole bot for the flood wait already; the lanes wait it out too.
             job.backoff_until = max(job.backoff_until, time.monotonic() + error.retry_after)
             log.warning("broadcast %s: flood wait of %.1f s honoured", job.broadcast_id, error.retry_after)
         else:

@@ -3,7 +3,6 @@
 from core.broadcast.drafts import create_draft, message_for, update_draft
 from core.broadcast.job import INTERRUPTED
 from core.broadcast.markup import DraftError, broadcast_html, parse_link_buttons, parse_photo_url
-from core.broadcast.pacing import DISCORD_RATE, TELEGRAM_PAID_RATE, TELEGRAM_RATE, PacedSender, RateBudget
 from core.broadcast.progress import (
     EDITABLE_PLATFORMS,
     left,
@@ -22,6 +21,7 @@ from core.broadcast.segments import (
     standard_segments,
 )
 from core.broadcast.states import active, cancel, get, pause, recent, recipient_states, resume, start
+from core.platform.pacing import DISCORD_RATE, TELEGRAM_PAID_RATE, TELEGRAM_RATE, PacedSender, RateBudget
 
 __all__ = [
     "DISCORD_RATE", "EDITABLE_PLATFORMS", "INTERRUPTED", "SEGMENT_KINDS", "TELEGRAM_PAID_RATE", "TELEGRAM_RATE",

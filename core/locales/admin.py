@@ -128,11 +128,17 @@ TEXTS: dict[str, dict[str, str]] = {
         "adm_health_rate_unknown": "unknown",
         "adm_health_broadcasts": "Broadcasts sending: {count}",
         "adm_btn_refresh": "🔄 Refresh",
+        "adm_health_instances": "Instances alive: {count}",
+        "adm_btn_retry_parked": "📤 Retry {count} parked",
+        "adm_parked_requeued": "{count} parked deliveries queued again.",
+        "adm_parked_none": "Nothing parked to retry.",
         # alerts (sent in English: admins share one channel)
         "adm_alert_low_balance": "The balance at {provider} is {balance}, below the threshold of {threshold}. "
         "Top it up before purchases start failing.",
         "adm_alert_provider_down": "{provider} failed its last {failures} health checks: {error}",
         "adm_alert_parked": "{count} of {total} chat deliveries in the last hour were given up. See /health.",
+        "adm_alert_outbox_stalled": "The oldest chat delivery has waited {minutes} min: {pending} are waiting. "
+        "A chat platform may be down; they are retried for a day. See /health.",
     },
     "es": {
         # broadcast: composing
@@ -263,10 +269,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "adm_health_rate_unknown": "desconocido",
         "adm_health_broadcasts": "Difusiones enviándose: {count}",
         "adm_btn_refresh": "🔄 Actualizar",
+        "adm_health_instances": "Instancias activas: {count}",
+        "adm_btn_retry_parked": "📤 Reintentar {count} abandonadas",
+        "adm_parked_requeued": "{count} entregas abandonadas vuelven a la cola.",
+        "adm_parked_none": "No hay entregas abandonadas que reintentar.",
         # alerts
         "adm_alert_low_balance": "El saldo en {provider} es {balance}, por debajo del umbral de {threshold}. "
         "Recárgalo antes de que fallen las compras.",
         "adm_alert_provider_down": "{provider} falló sus últimas {failures} comprobaciones: {error}",
         "adm_alert_parked": "Se abandonaron {count} de {total} entregas a chats en la última hora. Mira /health.",
+        "adm_alert_outbox_stalled": "La entrega a chats más antigua lleva {minutes} min esperando: hay {pending} en "
+        "espera. Puede que una plataforma de chat esté caída; se reintentan durante un día. Mira /health.",
     },
 }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -19,9 +18,10 @@ from core.messaging.relay import display_number
 from core.messaging.results import NumberQuote
 from core.messaging.storage import kv_get, kv_put, short_key
 from core.models import Hold, KeyValue, PhoneNumber, User
-from core.money import ledger, limits
+from core.money import ledger, limits, offers
 from core.platform.clock import utcnow
 from core.platform.db import Database
+from core.platform.phone import mask_number
 from core.providers.sms import AvailableNumber, SmsProviderError, country_of
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 NUMBER_PERIOD = timedelta(days=30)
 OFFER_TTL = timedelta(minutes=30)
 QUOTE_TTL = timedelta(minutes=15)
+# A quote is an offer (core.money.offers): its Confirm buys once, and never after its Cancel or QUOTE_TTL. The
+# "numquote" prefix keeps expired quotes in the messaging sweep too.
+QUOTE_KIND = "numquote"
 
 
 class NumberShop:
@@ -118,30 +121,24 @@ class NumberShop:
         offer = await self._offer(e164)
         if offer is None:
             raise MessagingError("num_gone")
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             user = await session.get(User, user_id)
             if user is None:
                 raise NotYours()
             markup = limits.limits_for(self.settings, user).markup_percent
-            quote = NumberQuote(
-                token=secrets.token_urlsafe(9), user_id=user_id, e164=e164, provider=str(offer["provider"]),
-                country=str(offer["country"]), locality=offer.get("locality"),
-                monthly_price_cents=with_markup(int(offer["cost_cents"]), markup),
-            )
-            await kv_put(
-                session, short_key("numquote", quote.token),
-                {"user_id": user_id, "e164": e164}, utcnow() + QUOTE_TTL,
-            )
-        return quote
+        token = await offers.make(self.db, QUOTE_KIND, user_id, {"user_id": user_id, "e164": e164}, QUOTE_TTL)
+        return NumberQuote(
+            token=token, user_id=user_id, e164=e164, provider=str(offer["provider"]),
+            country=str(offer["country"]), locality=offer.get("locality"),
+            monthly_price_cents=with_markup(int(offer["cost_cents"]), markup),
+        )
 
     async def quoted_number(self, user_id: int, token: str) -> str:
-        """The number a Confirm button's quote is for; NotYours for someone else's, num_gone when expired."""
-        async with self.db.read() as session:
-            quote = await kv_get(session, short_key("numquote", token))
+        """The number an open quote of this user is for; num_quote_expired when it is used, cancelled, expired or
+        not theirs (quotes are kept per account)."""
+        quote = await offers.peek(self.db, QUOTE_KIND, user_id, token)
         if quote is None:
             raise MessagingError("num_quote_expired")
-        if int(quote["user_id"]) != user_id:
-            raise NotYours()
         return str(quote["e164"])
 
     async def buy_number(self, user_id: int, e164: str, request_key: str) -> PhoneNumber:
@@ -198,7 +195,7 @@ class NumberShop:
             await ledger.capture(session, hold_id)
             await session.execute(delete(KeyValue).where(KeyValue.key == short_key("numoffer", e164)))
             await session.flush()
-        log.info("user %s bought %s at %s for %s cents/month", user_id, bought.e164, provider_name, price)
+        log.info("user %s bought %s at %s for %s cents/month", user_id, mask_number(bought.e164), provider_name, price)
         return number
 
     async def _repeat_purchase(self, session: AsyncSession, hold: Hold, user_id: int, e164: str) -> PhoneNumber:

@@ -7,13 +7,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.admin import audit
 from core.models import (
     ChatIdentity,
+    KeyValue,
     LedgerEntry,
     LinkCode,
     PhoneNumber,
@@ -148,21 +149,51 @@ async def get_or_create(session: AsyncSession, contact: Contact, *, signup_bonus
     return Account(user, identity, created=True)
 
 
+MAX_ACCOUNT_ID = 2**31 - 1  # users.id is INTEGER
+# More identities than this behind one reference is not a name worth listing; the admin uses an account id.
+AMBIGUOUS_LISTED = 10
+
+
+async def _one_account(session: AsyncSession, reference: str, identities: list[ChatIdentity]) -> User | None:
+    """The account behind the matching identities; AccountError("user_ambiguous") when they are several people."""
+    if not identities:
+        return None
+    user_ids = sorted({identity.user_id for identity in identities})
+    if len(user_ids) > 1:
+        # A Discord @alice and a Telegram @alice are different people: acting on either could be the wrong one.
+        listed = sorted(identities, key=lambda i: (i.user_id, i.platform, i.platform_user_id))[:AMBIGUOUS_LISTED]
+        raise AccountError(
+            "user_ambiguous", reference=reference, example=f"#{user_ids[0]}",
+            matches="\n".join(f"• {i.platform} {i.platform_user_id} → #{i.user_id}" for i in listed),
+        )
+    return await session.get(User, user_ids[0])
+
+
 async def resolve_user(session: AsyncSession, reference: str) -> User | None:
-    """Find an account by platform user id, @username or account id (`#12` or `12`)."""
+    """Find an account by platform user id, @username or account id (`#12` or `12`).
+
+    A name or platform id that belongs to accounts of more than one person raises AccountError("user_ambiguous")
+    listing them, so that the admin picks one by account id and nothing is done to either."""
     text = reference.strip()
     if not text:
         return None
     if text.startswith("@"):
-        identity = await session.scalar(
-            select(ChatIdentity).where(func.lower(ChatIdentity.username) == text[1:].lower()).limit(1)
+        by_name = await session.scalars(
+            select(ChatIdentity).where(func.lower(ChatIdentity.username) == text[1:].lower())
+            .order_by(ChatIdentity.id).limit(AMBIGUOUS_LISTED * 2)
         )
-        return await session.get(User, identity.user_id) if identity else None
+        return await _one_account(session, text, list(by_name))
     bare = text.removeprefix("#")
-    identity = await session.scalar(select(ChatIdentity).where(ChatIdentity.platform_user_id == bare).limit(1))
-    if identity is not None and not text.startswith("#"):
-        return await session.get(User, identity.user_id)
-    if bare.isdigit():
+    if not text.startswith("#"):
+        by_id = await session.scalars(
+            select(ChatIdentity).where(ChatIdentity.platform_user_id == bare)
+            .order_by(ChatIdentity.id).limit(AMBIGUOUS_LISTED * 2)
+        )
+        found = await _one_account(session, text, list(by_id))
+        if found is not None:
+            return found
+    # ASCII digits only ("٣".isdigit() is True) and within the column's type, or the driver raises.
+    if bare.isascii() and bare.isdigit() and len(bare) <= 10 and 0 < int(bare) <= MAX_ACCOUNT_ID:
         user = await session.get(User, int(bare))
         if user is not None and user.merged_into_id is not None:
             return await session.get(User, user.merged_into_id)
@@ -315,3 +346,52 @@ async def grant(
             reason=reason,
         )
     return applied
+
+
+# --- admin cards: each button acts once per card ----------------------------------------------------------
+
+ADMIN_CARD_TTL = timedelta(days=7)
+_CARD_PREFIX = "admcard:"
+
+
+def _card_key(nonce: str) -> str:
+    return f"{_CARD_PREFIX}{nonce}"
+
+
+async def open_admin_card(session: AsyncSession, actor_user_id: int, target_user_id: int) -> str:
+    """A fresh card for `target_user_id`: the nonce its buttons carry, remembered for ADMIN_CARD_TTL."""
+    now = utcnow()
+    # Old cards are dropped here rather than by a job: one row per /user, a few a day.
+    await session.execute(
+        delete(KeyValue).where(KeyValue.key.like(f"{_CARD_PREFIX}%"), KeyValue.expires_at < now)
+    )
+    nonce = secrets.token_urlsafe(9)
+    session.add(
+        KeyValue(
+            key=_card_key(nonce), value={"target": target_user_id, "actor": actor_user_id, "done": []},
+            expires_at=now + ADMIN_CARD_TTL,
+        )
+    )
+    await session.flush()
+    return nonce
+
+
+async def claim_admin_card(session: AsyncSession, nonce: str, target_user_id: int, button: str) -> bool | None:
+    """Mark `button` of the card `nonce` as used, in the caller's transaction (so a failed action frees it).
+
+    True: claimed now, go ahead. False: this card's button already acted. None: no such card for this account
+    (expired, forged, or another account's). The card's row is locked, so two presses at once act once."""
+    if not nonce or len(nonce) > 32:
+        return None
+    row = await session.get(KeyValue, _card_key(nonce), with_for_update=True)
+    if row is None or (row.expires_at is not None and row.expires_at < utcnow()):
+        return None
+    value = dict(row.value)
+    if value.get("target") != target_user_id:
+        return None
+    done = list(value.get("done") or [])
+    if button in done:
+        return False
+    row.value = {**value, "done": [*done, button]}
+    await session.flush()
+    return True

@@ -75,7 +75,7 @@ def parse_payload(settings: Settings, payload: str) -> ParsedPayload:
 async def validate_pre_checkout(
     session: AsyncSession, settings: Settings, user: User, payload: str, currency: str, total_amount: int
 ) -> None:
-    """Raise PaymentError unless the payment matches an offer made to this active account."""
+    """Raise PaymentError unless the payment matches an offer made to this active account and not paid yet."""
     parsed = parse_payload(settings, payload)
     if currency != STARS or parsed.stars != total_amount or total_amount not in settings.topup_star_amounts:
         raise PaymentError("payment_bad_amount")
@@ -83,6 +83,9 @@ async def validate_pre_checkout(
         raise PaymentError("payment_bad_payload")
     if user.status != "active":
         raise PaymentError("payment_account_inactive")
+    # An invoice is one offer: once paid, paying it again (an old invoice message) is refused before any charge.
+    if await session.scalar(select(Payment.id).where(Payment.provider == PROVIDER, Payment.payload == payload).limit(1)):
+        raise PaymentError("payment_offer_used")
 
 
 async def record_payment(

@@ -11,6 +11,8 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from core.platform.crypto import Keyring, bind_keyring
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -24,10 +26,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Owns the engine; `transaction()` is the unit of work every service call runs in."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, keyring: Keyring | None = None) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        # SQL parameters are phone numbers, message bodies and tokens: never in an error or a log line.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.is_sqlite:
             kwargs["poolclass"] = NullPool
         else:
@@ -39,6 +42,15 @@ class Database:
         # SQLite has one writer; serialising our own write transactions turns "database is locked" into a
         # short wait and gives the same exactly-once rules PostgreSQL gets from row locks.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # None until given: encrypted columns then store plain text (core.platform.crypto).
+        self.keyring: Keyring | None = None
+        if keyring is not None:
+            self.use_keyring(keyring)
+
+    def use_keyring(self, keyring: Keyring) -> None:
+        """Encrypt and decrypt this database's encrypted columns with `keyring` from now on."""
+        self.keyring = keyring
+        bind_keyring(self.engine.sync_engine.dialect, keyring)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

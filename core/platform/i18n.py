@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import importlib
 import pkgutil
+import re
 from functools import cache
 from typing import Any
 
@@ -54,18 +55,32 @@ def money(cents: int) -> Html:
     return Html(f"{sign}${cents // 100:,}.{cents % 100:02d}")
 
 
-def parse_dollars(text: str) -> int:
-    """`5`, `2.50`, `-1`, `$3` → cents; ValueError for anything else (more than two decimals, words)."""
-    raw = text.strip().replace(",", "")
-    negative = raw.startswith("-")
-    raw = raw[1:] if raw[:1] in "+-" and raw else raw
-    raw = raw[1:] if raw.startswith("$") else raw
-    if not raw or raw.count(".") > 1:
+MAX_DOLLAR_CENTS = 100_000_000  # $1,000,000.00: more in one go is a typo, not a grant
+_DOLLARS = re.compile(r"(?P<sign>[+-]?)\$?(?P<whole>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]*)(?:\.(?P<fraction>[0-9]{0,2}))?")
+
+
+class AmountOutOfRange(ValueError):
+    """A well-formed amount beyond the limit; `limit_cents` is what is allowed either way."""
+
+    def __init__(self, text: str, limit_cents: int) -> None:
+        super().__init__(text)
+        self.limit_cents = limit_cents
+
+
+def parse_dollars(text: str, *, max_cents: int = MAX_DOLLAR_CENTS) -> int:
+    """`5`, `2.50`, `-1`, `$3`, `1,000` → cents; ValueError for anything else.
+
+    Only ASCII digits ("٣".isdigit() is True, and int() reads it as 3), commas only between thousands ("2,50" is
+    refused rather than read as $250), at most two decimals; AmountOutOfRange beyond ±`max_cents`."""
+    match = _DOLLARS.fullmatch(text.strip())
+    if match is None:
         raise ValueError(text)
-    whole, _, fraction = raw.partition(".")
-    if not (whole or fraction) or (whole and not whole.isdigit()) or (fraction and not fraction.isdigit()):
+    whole, fraction = match["whole"].replace(",", ""), match["fraction"] or ""
+    if not whole and not fraction:
         raise ValueError(text)
-    if len(fraction) > 2:
-        raise ValueError(text)
+    if len(whole) > len(str(max_cents)):
+        raise AmountOutOfRange(text, max_cents)
     cents = int(whole or "0") * 100 + int((fraction + "00")[:2])
-    return -cents if negative else cents
+    if cents > max_cents:
+        raise AmountOutOfRange(text, max_cents)
+    return -cents if match["sign"] == "-" else cents

@@ -7,6 +7,7 @@ fixed line from a mobile anyway. Premium-rate, shared-cost, UAN (corporate switc
 voicemail numbers are rejected: they never receive verification SMS and entering one is a mistake.
 """
 
+import re
 from functools import lru_cache
 from typing import Final
 
@@ -94,6 +95,26 @@ def normalize(raw: str, default_region: str = "US") -> str:
 def format_international(e164: str) -> str:
     """Human-readable international form, e.g. ``+1 415-555-0100``; raises InvalidPhoneNumber if unparsable."""
     return phonenumbers.format_number(_parse(e164, None), PhoneNumberFormat.INTERNATIONAL)
+
+
+def mask_number(e164: str) -> str:
+    """``+13125550111`` → ``+1•••0111``: for log lines, which must not hold a person's full number.
+
+    The country code and last four digits are enough for an operator to tell their own numbers apart."""
+    digits = "".join(ch for ch in e164 if ch.isdigit())
+    try:
+        code = str(phonenumbers.parse("+" + digits, None).country_code)
+    except NumberParseException:
+        code = ""
+    return f"+{code}•••{digits[-4:]}" if len(digits) > 6 else "•••"
+
+
+_E164_IN_TEXT: Final = re.compile(r"\+[1-9][0-9]{6,14}(?![0-9])")
+
+
+def mask_numbers(text: str) -> str:
+    """`text` with every E.164 number in it masked like ``mask_number`` (an alert key, a provider's message)."""
+    return _E164_IN_TEXT.sub(lambda match: mask_number(match.group()), text)
 
 
 def region_of(e164: str) -> str:

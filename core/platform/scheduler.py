@@ -1,4 +1,8 @@
-"""Periodic jobs on APScheduler, each claimed through the database so only one instance runs it at a time."""
+"""Periodic jobs on APScheduler, each claimed through the database so only one instance runs it at a time.
+
+A job's lease belongs to the instance that holds it while that instance lives: with the process's liveness
+(core.platform.outbox.liveness) a dead holder's lease is taken at the next run elsewhere, not when it runs out.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from sqlalchemy import or_, select, update
 from core.models import JobLease
 from core.platform.clock import utcnow
 from core.platform.db import Database
+from core.platform.db_faults import database_unavailable, describe
+from core.platform.outbox.liveness import InstanceLiveness
 
 log = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[None]]
@@ -22,9 +28,11 @@ Job = Callable[[], Awaitable[None]]
 class Scheduler:
     """APScheduler with a lease per job name in `job_leases`, so several app instances never overlap."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, liveness: InstanceLiveness | None = None) -> None:
         self.db = db
-        self.owner = uuid.uuid4().hex[:16]
+        self.liveness = liveness
+        # The liveness key names the owner, so the others can tell whether it still lives.
+        self.owner = str(liveness.key) if liveness is not None else uuid.uuid4().hex[:16]
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._running: set[asyncio.Task[None]] = set()
 
@@ -41,15 +49,21 @@ class Scheduler:
                 await job()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("periodic job %s failed", name)
+            except Exception as error:
+                if database_unavailable(error):
+                    # An outage, not a defect: it says so once per run, without a traceback.
+                    log.warning("periodic job %s skipped: the database is unavailable (%s)", name, describe(error))
+                else:
+                    log.exception("periodic job %s failed", name)
 
         self._scheduler.add_job(
             run, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True, next_run_time=utcnow()
         )
 
     async def claim(self, name: str, *, lease_seconds: float) -> bool:
-        """Take or renew the lease on `name`; False when another instance holds a live one."""
+        """Take or renew the lease on `name`; False when another live instance holds it."""
+        if self.liveness is not None and not self.liveness.alive:
+            return False  # the others may be taking our leases over right now
         now = utcnow()
         until = now + timedelta(seconds=lease_seconds)
         async with self.db.transaction() as session:
@@ -61,10 +75,14 @@ class Scheduler:
                 except Exception:
                     return False
                 return True
+            takeable = or_(JobLease.owner == self.owner, JobLease.lease_until < now)
+            if lease.owner != self.owner and lease.lease_until >= now and self.liveness is not None:
+                holder = int(lease.owner) if lease.owner.isdigit() else None
+                if holder is not None and holder in await self.liveness.dead_among(session, [holder]):
+                    log.warning("periodic job %s: taken over from instance %s, which is gone", name, holder)
+                    takeable = JobLease.owner == lease.owner
             result = await session.execute(
-                update(JobLease)
-                .where(JobLease.name == name, or_(JobLease.owner == self.owner, JobLease.lease_until < now))
-                .values(owner=self.owner, lease_until=until)
+                update(JobLease).where(JobLease.name == name, takeable).values(owner=self.owner, lease_until=until)
             )
             return result.rowcount == 1
 
@@ -87,5 +105,13 @@ class Scheduler:
             await asyncio.gather(*late, return_exceptions=True)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        async with self.db.transaction() as session:
-            await session.execute(update(JobLease).where(JobLease.owner == self.owner).values(lease_until=utcnow()))
+        try:
+            async with self.db.transaction() as session:
+                await session.execute(
+                    update(JobLease).where(JobLease.owner == self.owner).values(lease_until=utcnow())
+                )
+        except Exception as error:
+            if not database_unavailable(error):
+                raise
+            # Our leases are taken over anyway once our liveness lock is gone.
+            log.warning("scheduler: could not release the job leases (%s)", describe(error))

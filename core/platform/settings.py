@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -98,6 +99,16 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
     http_max_body_bytes: int = Field(1_048_576, ge=1024)
+    # What one slow or greedy client may hold on the webhook server (webhooks/limits.py).
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    http_body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    http_keepalive_seconds: float = Field(75.0, ge=0, le=3600)  # 0: close after each response
+    http_max_connections_per_client: int = Field(128, ge=0)  # 0: no cap (behind a proxy that applies its own)
+    # /readyz and /metrics: on their own address when METRICS_PORT is set, behind a bearer token when
+    # METRICS_TOKEN is set.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # 0: any free port (tests)
+    metrics_token: SecretStr | None = None
     sandbox: SandboxMode = SandboxMode.AUTO
 
     telegram_bot_token: SecretStr | None = None
@@ -228,6 +239,12 @@ class Settings(BaseSettings):
         return merged
 
     @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.http_port:
+            raise ValueError("METRICS_PORT must differ from HTTP_PORT (leave it unset to serve /metrics there)")
+        return self
+
+    @model_validator(mode="after")
     def _webhook_mode_needs_secret(self) -> Settings:
         if self.telegram_mode is TelegramMode.WEBHOOK and self.telegram_bot_token and not self.telegram_webhook_secret:
             raise ValueError("TELEGRAM_WEBHOOK_SECRET is required when TELEGRAM_MODE=webhook")
@@ -261,6 +278,24 @@ class SettingsError(Exception):
 
 
 _SECRET_FIELDS = {name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)}
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|pass|secret|token|api_?key|key|auth|sig|signature)=)[^&;#]*")
+
+
+def mask_url(text: str) -> str:
+    """`text` with the password of any `scheme://user:password@host` and secret query values shown as `***`.
+
+    For every URL that is echoed or logged (a bad DATABASE_URL, the start-up banner): the user and host stay
+    readable, which is what an operator needs to spot the mistake."""
+    match = _URL_SCHEME.match(text)
+    if match is None:
+        return text
+    scheme, rest = text[: match.end()], text[match.end() :]
+    # The last "@" ends the credentials: an unencoded "@" or "/" in a pasted password stays hidden too.
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return scheme + _SECRET_QUERY.sub(r"\1***", rest)
 
 
 def describe_validation_error(error: ValidationError) -> list[str]:
@@ -276,7 +311,7 @@ def describe_validation_error(error: ValidationError) -> list[str]:
         elif isinstance(value, dict | list) or value is None or not loc:
             shown = ""
         else:
-            shown = repr(value)
+            shown = repr(mask_url(value) if isinstance(value, str) else value)
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
         lines.append(f"{name}={shown}: {message}" if shown else f"{name}: {message}")
     return lines

@@ -31,6 +31,13 @@ class ProviderPlan:
     def any_sandbox(self) -> bool:
         return self.verification == "sandbox" or "sandbox" in self.sms or self.ai == "sandbox"
 
+    @property
+    def simulated(self) -> tuple[str, ...]:
+        """The kinds a sandbox twin serves, in a fixed order, e.g. ("verification", "ai")."""
+        kinds = (("verification", self.verification == "sandbox"), ("sms", "sandbox" in self.sms),
+                 ("ai", self.ai == "sandbox"))
+        return tuple(kind for kind, simulated in kinds if simulated)
+
     def describe(self) -> str:
         return f"verification={self.verification}, sms={'+'.join(self.sms)}, ai={self.ai}"
 
@@ -58,6 +65,18 @@ def plan_providers(settings: Settings) -> ProviderPlan:
         if missing:
             raise MissingCredentials([f"SANDBOX=false but {line}" for line in missing])
     return ProviderPlan(verification=verification, sms=tuple(sms) or ("sandbox",), ai=ai)
+
+
+def has_real_chat(settings: Settings) -> bool:
+    """A Telegram or Discord token is set: strangers reach the bot, not only the operator at the terminal."""
+    return bool(settings.telegram_bot_token or settings.discord_bot_token)
+
+
+def simulated_for_real_users(settings: Settings, plan: ProviderPlan) -> tuple[str, ...]:
+    """The simulated kinds people of a real chat could take for real: what they are sold from these says "sandbox",
+    and no real money (Telegram Stars) is taken while any is simulated. Empty for the terminal-only sandbox, whose
+    one user is the operator who started it."""
+    return plan.simulated if has_real_chat(settings) else ()
 
 
 def signup_bonus_cents(settings: Settings, plan: ProviderPlan) -> int:

@@ -26,6 +26,10 @@ from core.verification.records import VerificationRecords, transition
 log = logging.getLogger(__name__)
 
 DEFAULT_RENTAL = timedelta(minutes=15)
+# A price screen's offer (core.money.offers): its Confirm buys once, not after Cancel, and not after this long,
+# when the price shown may be stale.
+OFFER_KIND = "vfoffer"
+OFFER_TTL = timedelta(minutes=30)
 # A double click that finds the first click's purchase still running waits this long for its outcome.
 SETTLE_WAIT = 5.0
 

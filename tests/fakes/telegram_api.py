@@ -56,6 +56,7 @@ _STRING_PARAMS = frozenset(
 )
 
 # Telegram does not deliver these unless allowed_updates asks for them explicitly.
+_UPDATE_IDS = itertools.count(100_000_001)  # shared by every fake server in the process: see __init__
 _OPT_IN_UPDATE_TYPES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 
 _CHAT_ACTIONS = frozenset(
@@ -722,7 +723,9 @@ class FakeTelegramServer:
         self.blocked: dict[int | str, str] = {}
 
         self._updates: list[JSONDict] = []
-        self._update_ids = itertools.count(100_000_001)
+        # One bot's update ids never repeat within days, across restarts: fakes made one after another continue
+        # one sequence, as the bot's deduplication of redelivered update ids expects.
+        self._update_ids = _UPDATE_IDS
         self._allowed_updates: frozenset[str] | None = None
         self._updates_changed = asyncio.Event()
         self._poll_generation = 0

@@ -19,6 +19,7 @@ from core.models import Conversation, Message, PhoneNumber, User
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.i18n import escape
+from core.platform.phone import mask_number
 from core.platform.settings import Settings
 from core.providers.sms import InboundSms
 from core.providers.sms_encoding import sms_parts
@@ -88,7 +89,7 @@ async def store_inbound(
         if message_id is None:
             return InboundOutcome("duplicate")
         log.warning("inbound %s SMS %s to %s: no active number owns it", sms.provider,
-                    sms.provider_message_id, sms.to_e164)
+                    sms.provider_message_id, mask_number(sms.to_e164))
         await alert_admins(
             session, settings, kind="unknown destination", key=sms.to_e164[:128],
             text=escape(f"{sms.provider} delivered an SMS to {sms.to_e164}, which no user owns "

@@ -1,10 +1,12 @@
 """The transactional outbox: messages to chats are written with what caused them and sent by a dispatcher.
 
-messages: what is sent; wake: waking dispatchers after a commit; store: the table's SQL; attempts: one send and
-its outcome; dispatcher: the loop that claims, sends and records.
+messages: what is sent; wake: waking dispatchers after a commit; liveness: which instances are alive, so the
+claims of a dead one are taken over in seconds; store: the table's SQL; attempts: one send and its outcome;
+dispatcher: the loop that claims, sends and records.
 """
 
-from core.platform.outbox.dispatcher import OutboxDispatcher
+from core.platform.outbox.dispatcher import DEFAULT_RETRY_FOR, OutboxDispatcher
+from core.platform.outbox.liveness import InstanceLiveness
 from core.platform.outbox.messages import (
     PAYLOAD_VERSION,
     ChatSender,
@@ -14,10 +16,12 @@ from core.platform.outbox.messages import (
 )
 from core.platform.outbox.store import (
     ACTIVE_STATES,
+    count_retryable_parked,
     enqueue,
     enqueue_for_user,
     outbox_health,
     prepare_claim_plan,
+    requeue_parked,
 )
 from core.platform.outbox.wake import (
     NOTIFY_CHANNEL,
@@ -30,20 +34,24 @@ from core.platform.outbox.wake import (
 
 __all__ = [
     "ACTIVE_STATES",
+    "DEFAULT_RETRY_FOR",
     "NOTIFY_CHANNEL",
     "PAYLOAD_VERSION",
     "SENT_HOOKS",
     "ChatSender",
     "DeliveryError",
+    "InstanceLiveness",
     "OutButton",
     "OutboxDispatcher",
     "OutgoingMessage",
     "SentHook",
     "Waker",
+    "count_retryable_parked",
     "enqueue",
     "enqueue_for_user",
     "outbox_health",
     "prepare_claim_plan",
     "register_sent_hook",
+    "requeue_parked",
     "register_waker",
 ]

@@ -12,6 +12,7 @@ from core.platform.clock import utcnow
 from core.platform.metrics import Metrics
 from core.platform.outbox.messages import ChatSender, DeliveryError, OutgoingMessage
 from core.platform.outbox.store import Outcome, clip
+from core.platform.pacing import rank_for_priority, traffic
 
 log = logging.getLogger(__name__)
 
@@ -19,30 +20,43 @@ _MESSAGE_ID_MAX = 64
 
 
 class DeliveryAttempts:
-    """Sends claimed deliveries one at a time and turns each result into the Outcome to record."""
+    """Sends claimed deliveries one at a time and turns each result into the Outcome to record.
+
+    Only a permanent refusal parks a delivery at once (blocked, chat not found, a request that can never
+    succeed). Anything else (5xx, 429, timeouts, network errors, an exception we did not expect) is retried
+    with a backoff capped at `max_backoff` seconds for `retry_for` seconds from the first failure of the run,
+    a day by default, so a platform outage of minutes or hours delays messages but loses none.
+    """
 
     def __init__(
         self,
         senders: dict[str, ChatSender],
         *,
         metrics: Metrics | None,
-        max_attempts: int,
+        retry_for: float,
         base_backoff: float,
         max_backoff: float,
         send_timeout: float,
     ) -> None:
         self.senders = senders
         self.metrics = metrics
-        self.max_attempts = max_attempts
+        self.retry_for = retry_for
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
         self.send_timeout = send_timeout
         self._random = random.Random()
 
     def backoff(self, attempt: int) -> float:
-        delay = min(self.max_backoff, self.base_backoff * 2 ** max(0, attempt - 1))
-        # Jitter keeps deliveries that failed together (a platform outage) from retrying in lockstep.
-        return delay + self._random.uniform(0, delay / 4)
+        delay = min(self.max_backoff, self.base_backoff * 2 ** max(0, min(attempt - 1, 30)))
+        # Jitter keeps deliveries that failed together (a platform outage) from retrying in lockstep; downwards,
+        # so the cap holds.
+        return delay * self._random.uniform(0.75, 1.0)
+
+    @staticmethod
+    def _level(delivery: OutboxDelivery, fence: int) -> int:
+        """WARNING for the first failure of a run and every 20th try after it; an outage of hours retries every
+        10 s, which would otherwise be a line per chat every 10 s."""
+        return logging.WARNING if delivery.failing_since is None or fence % 20 == 0 else logging.DEBUG
 
     def _count(self, platform: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -59,11 +73,13 @@ class DeliveryAttempts:
             return self._failure(delivery, fence, f"unreadable payload: {error!r}", permanent=True)
         try:
             async with asyncio.timeout(self.send_timeout):
-                message_id = await sender.send(delivery.chat_id, message)
+                # In the bot's flood budget, relays and codes go before alerts, and both before broadcasts.
+                with traffic(rank_for_priority(delivery.priority)):
+                    message_id = await sender.send(delivery.chat_id, message)
         except DeliveryError as error:
-            log.warning(
-                "outbox: delivery %s to %s:%s refused (attempt %d): %s", delivery.id, delivery.platform,
-                delivery.chat_id, fence, error.reason, extra=context,
+            log.log(
+                self._level(delivery, fence), "outbox: delivery %s to %s:%s refused (attempt %d): %s", delivery.id,
+                delivery.platform, delivery.chat_id, fence, error.reason, extra=context,
             )
             return self._failure(
                 delivery, fence, error.reason, retry_after=error.retry_after, permanent=error.permanent,
@@ -71,17 +87,23 @@ class DeliveryAttempts:
             )
         except TimeoutError:
             # A slow chat platform is not our defect: WARNING, like any refusal from outside.
-            log.warning(
-                "outbox: delivery %s to %s:%s timed out after %.1f s (attempt %d)", delivery.id,
-                delivery.platform, delivery.chat_id, self.send_timeout, fence, extra=context,
+            log.log(
+                self._level(delivery, fence), "outbox: delivery %s to %s:%s timed out after %.1f s (attempt %d)",
+                delivery.id, delivery.platform, delivery.chat_id, self.send_timeout, fence, extra=context,
             )
             return self._failure(delivery, fence, f"send timed out after {self.send_timeout:.1f} s")
         except Exception as error:
-            log.error(
-                "outbox: delivery %s to %s:%s failed unexpectedly (attempt %d)", delivery.id, delivery.platform,
-                delivery.chat_id, fence, exc_info=True, extra=context,
-            )
-            return self._failure(delivery, fence, f"{type(error).__name__}: {error}")
+            reason = f"{type(error).__name__}: {error}"
+            if (delivery.last_error or "").startswith(f"{type(error).__name__}:"):
+                # The same defect again: its trace is in the log already; once per retry would flood it.
+                log.warning("outbox: delivery %s to %s:%s failed unexpectedly again (attempt %d): %s", delivery.id,
+                            delivery.platform, delivery.chat_id, fence, reason, extra=context)
+            else:
+                log.error(
+                    "outbox: delivery %s to %s:%s failed unexpectedly (attempt %d)", delivery.id, delivery.platform,
+                    delivery.chat_id, fence, exc_info=True, extra=context,
+                )
+            return self._failure(delivery, fence, reason)
         now = utcnow()
         self._count(delivery.platform, "sent")
         if self.metrics is not None and delivery.source_received_at is not None:
@@ -106,14 +128,17 @@ class DeliveryAttempts:
             log.info("outbox: %s:%s is unreachable (%s); delivery %s parked", delivery.platform,
                      delivery.chat_id, reason, delivery.id)
             return Outcome(delivery, fence, "parked", now, error=reason, blocked=True)
-        if permanent or fence >= self.max_attempts:
+        failing_since = delivery.failing_since or now
+        failing_for = (now - failing_since).total_seconds()
+        if permanent or failing_for >= self.retry_for:
             self._count(delivery.platform, "parked")
-            why = "refused for good" if permanent else f"failed {fence} times"
+            why = "refused for good" if permanent else f"failed for {failing_for / 3600:.1f} h ({fence} attempts)"
             log.warning("outbox: delivery %s to %s:%s %s, parked: %s", delivery.id, delivery.platform,
-                      delivery.chat_id, why, reason)
+                        delivery.chat_id, why, reason)
             return Outcome(delivery, fence, "parked", now, error=reason, alert=True)
         self._count(delivery.platform, "retry")
         delay = retry_after if retry_after is not None else self.backoff(fence)
         return Outcome(
-            delivery, fence, "pending", now, next_attempt_at=now + timedelta(seconds=delay), error=reason
+            delivery, fence, "pending", now, next_attempt_at=now + timedelta(seconds=delay), error=reason,
+            failing_since=failing_since,
         )

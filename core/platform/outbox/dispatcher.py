@@ -17,21 +17,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.models import OutboxDelivery
 from core.platform.clock import utcnow
 from core.platform.db import Database
+from core.platform.db_faults import database_unavailable, describe
 from core.platform.metrics import Metrics
 from core.platform.outbox import store
 from core.platform.outbox.attempts import DeliveryAttempts
+from core.platform.outbox.liveness import InstanceLiveness
 from core.platform.outbox.messages import ChatSender
 from core.platform.outbox.store import Outcome, outbox_health
 from core.platform.outbox.wake import NotifyListener, register_waker, wait
 
 log = logging.getLogger(__name__)
 
+# Transient failures (5xx, 429, timeouts, network errors) are retried this long before a delivery is parked.
+DEFAULT_RETRY_FOR = 24 * 3600.0
+
 
 class OutboxDispatcher:
     """Claims due deliveries, sends them through the platform's ChatSender and records what happened.
 
-    Delivery is at least once: a process that dies after the platform accepted a message but before the
-    database heard of it sends that message again after the claim expires.
+    A claim belongs to this process while it lives (see liveness.py): when a process dies, another instance,
+    or this one restarted, takes its claims over within seconds. A delivery recorded as sent is never sent
+    again. Delivery is at least once only for a send in flight at the moment of death: the platform may have
+    accepted it before the database heard of it, and Telegram has no idempotency key to ask.
     """
 
     def __init__(
@@ -40,19 +47,21 @@ class OutboxDispatcher:
         senders: dict[str, ChatSender],
         *,
         metrics: Metrics | None = None,
-        max_attempts: int = 8,
+        retry_for: float = DEFAULT_RETRY_FOR,
         base_backoff: float = 0.5,
-        max_backoff: float = 300.0,
+        max_backoff: float = 10.0,
         batch_size: int = 50,
         concurrency: int = 16,
         claim_seconds: float = 60,
         on_parked: Callable[[OutboxDelivery], Awaitable[None]] | None = None,
         instance_id: str | None = None,
         poll_interval: float = 1.0,
-        send_timeout: float | None = None,
+        send_timeout: float = 30.0,
+        liveness: InstanceLiveness | None = None,
+        takeover_interval: float = 0.5,
     ) -> None:
-        if max_attempts < 1 or batch_size < 1 or concurrency < 1 or claim_seconds <= 0:
-            raise ValueError("max_attempts, batch_size, concurrency and claim_seconds must be positive")
+        if batch_size < 1 or concurrency < 1 or claim_seconds <= 0 or retry_for < 0:
+            raise ValueError("batch_size, concurrency and claim_seconds must be positive, retry_for not negative")
         self.db = db
         self.senders = dict(senders)
         self.metrics = metrics
@@ -61,15 +70,18 @@ class OutboxDispatcher:
         self.claim_seconds = claim_seconds
         self.on_parked = on_parked
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # One per process, shared with the scheduler, when the composition root passes it; else our own.
+        self._owns_liveness = liveness is None
+        self.liveness = liveness or InstanceLiveness(db, name=f"outbox {self.instance_id}")
         # The fallback poll: catches notifications lost while the LISTEN connection was down.
         self.poll_interval = poll_interval
         self.attempts = DeliveryAttempts(
-            self.senders, metrics=metrics, max_attempts=max_attempts, base_backoff=base_backoff,
-            max_backoff=max_backoff,
-            # An attempt must end well inside its claim, or recovery elsewhere could send the message a second time.
-            send_timeout=send_timeout if send_timeout is not None else claim_seconds / 2,
+            self.senders, metrics=metrics, retry_for=retry_for, base_backoff=base_backoff, max_backoff=max_backoff,
+            send_timeout=send_timeout,
         )
-        self.maintenance_interval = max(0.05, min(claim_seconds / 2, 15.0))
+        # How often dead instances are looked for and our own claims renewed: takeover within a few seconds.
+        self.takeover_interval = takeover_interval
+        self.health_interval = 15.0
         self._is_postgresql = db.engine.dialect.name == "postgresql"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
@@ -101,7 +113,7 @@ class OutboxDispatcher:
         return bool(self._tasks) and not self._stopping
 
     async def start(self) -> None:
-        """Recover expired claims, then dispatch in the background until `stop()`."""
+        """Prove this instance alive, take over what dead ones left claimed, then dispatch until `stop()`."""
         if self._tasks:
             return
         self._loop = asyncio.get_running_loop()
@@ -109,7 +121,14 @@ class OutboxDispatcher:
         for flag in (self._wakeup, self._stop_event):
             flag.clear()
         self._listener.reset()
-        await self._recover()
+        if self._owns_liveness:
+            await self.liveness.start()
+        try:
+            await self._recover(at_start=True)
+        except BaseException:
+            if self._owns_liveness:
+                await self.liveness.stop()
+            raise
         self._unregister_waker = register_waker(self.wake, engine=self.db.engine.sync_engine)
         if self._is_postgresql:
             self._tasks.append(asyncio.create_task(self._listener.run(), name=f"outbox-listen-{self.instance_id}"))
@@ -155,11 +174,14 @@ class OutboxDispatcher:
                 await self._cycle(limit=0)
             except Exception:
                 log.exception(
-                    "outbox %s: could not record %d outcomes at stop; their claims will expire",
+                    "outbox %s: could not record %d outcomes at stop; they are taken over once our lock is released",
                     self.instance_id, len(self._done),
                 )
                 self._done.clear()
         self._retry_timers.clear()
+        if self._owns_liveness:
+            # Last: our claims are free for the others once our lock goes, and every send has ended by now.
+            await self.liveness.stop()
 
     def wake(self) -> None:
         """Look for due deliveries now; safe to call from any thread."""
@@ -180,6 +202,8 @@ class OutboxDispatcher:
         """Claim one batch, send it and record the outcomes; returns how many deliveries were claimed.
 
         For tests and benchmarks, and for a process that drives dispatching itself; not alongside `start()`.
+        Its claims carry our liveness key without our lock necessarily being held: should the caller vanish
+        mid-batch, the others see its claims as a dead instance's.
         """
         async with self.db.transaction() as session:
             claimed = await self._claim(session, self.batch_size)
@@ -203,14 +227,16 @@ class OutboxDispatcher:
         failures = 0
         while not self._stopping:
             self._wakeup.clear()
-            limit = min(self.batch_size, self.concurrency - len(self._in_flight))
+            # Without our liveness lock a claim would look like a dead instance's to the others: record only.
+            limit = min(self.batch_size, self.concurrency - len(self._in_flight)) if self.liveness.alive else 0
             try:
                 claimed = await self._cycle(limit) if limit > 0 or self._done else []
                 failures = 0
-            except Exception:
+            except Exception as error:
                 failures += 1
-                log.exception("outbox %s: claiming or recording failed", self.instance_id)
-                await wait(self._stop_event, min(30.0, 0.25 * 2**min(failures, 7)))
+                self._log_failure("claiming or recording", error, failures)
+                # Capped at 2 s: the database back from a restart is used again within seconds.
+                await wait(self._stop_event, min(2.0, 0.25 * 2**min(failures, 7)))
                 continue
             for delivery in claimed:
                 task = asyncio.create_task(self._send_in_background(delivery), name=f"outbox-send-{delivery.id}")
@@ -229,7 +255,7 @@ class OutboxDispatcher:
                 # Cancelled at stop: give the delivery back rather than leave it claimed until it expires.
                 outcome = Outcome(
                     delivery, delivery.attempts, "pending", utcnow(), next_attempt_at=utcnow(),
-                    error="released: dispatcher stopped during the send",
+                    error="released: dispatcher stopped during the send", failing_since=delivery.failing_since,
                 )
             self._done.append(outcome)
             if task is not None:
@@ -237,19 +263,42 @@ class OutboxDispatcher:
             self._wakeup.set()
 
     async def _maintain(self) -> None:
+        assert self._loop is not None
+        next_health = self._loop.time() + self.health_interval
+        # Claims that ran out, and the renewal of ours, matter on the scale of claim_seconds, not of a takeover.
+        slow_interval = max(self.takeover_interval, min(self.claim_seconds / 4, 5.0))
+        next_slow = self._loop.time()
+        failures = 0
         while not self._stopping:
-            await wait(self._stop_event, self.maintenance_interval)
+            await wait(self._stop_event, self.takeover_interval)
             if self._stopping:
                 return
             try:
-                if await self._recover():
+                slow = self._loop.time() >= next_slow
+                if await self._recover(expired=slow):
                     self._wakeup.set()
-                if self.metrics is not None:
+                if slow:
+                    next_slow = self._loop.time() + slow_interval
+                    if self.liveness.alive:
+                        await store.renew_claims(self.db, self.liveness.key, self.claim_seconds)
+                if self.metrics is not None and self._loop.time() >= next_health:
+                    next_health = self._loop.time() + self.health_interval
                     health = await outbox_health(self.db)
                     self.metrics.outbox_depth.set(health["pending"])
                     self.metrics.outbox_oldest_seconds.set(health["oldest_pending_seconds"])
-            except Exception:
-                log.exception("outbox %s: maintenance failed", self.instance_id)
+                failures = 0
+            except Exception as error:
+                failures += 1
+                self._log_failure("maintenance", error, failures)
+
+    def _log_failure(self, what: str, error: Exception, failures: int) -> None:
+        """An outage of the database is a WARNING now and then; anything else is a defect, with its trace."""
+        if database_unavailable(error):
+            if failures == 1 or failures % 20 == 0:
+                log.warning("outbox %s: %s failed, the database is unavailable (%s); retrying", self.instance_id,
+                            what, describe(error))
+            return
+        log.error("outbox %s: %s failed", self.instance_id, what, exc_info=error)
 
     def _next_timeout(self) -> float:
         """Until the next poll, or sooner when a retry we scheduled comes due."""
@@ -285,8 +334,11 @@ class OutboxDispatcher:
         """Claim due deliveries; must be the last query of its transaction (it changes the planner's settings)."""
         if not self.senders:
             return []
+        if self._tasks and not await self.liveness.check_own(session):
+            return []
         return await store.claim(
-            session, self.senders, limit, claim_seconds=self.claim_seconds, lock_rows=self._is_postgresql
+            session, self.senders, limit, claim_seconds=self.claim_seconds, lock_rows=self._is_postgresql,
+            claimed_by=self.liveness.key,
         )
 
     async def _record(self, session: AsyncSession, outcomes: list[Outcome]) -> list[Outcome]:
@@ -313,6 +365,8 @@ class OutboxDispatcher:
                     except Exception:
                         log.exception("outbox %s: on_parked failed for delivery %s", self.instance_id, delivery.id)
 
-    async def _recover(self) -> int:
-        """Give back deliveries whose claim expired: their dispatcher died or hung mid-send."""
-        return await store.recover(self.db, self.instance_id)
+    async def _recover(self, *, at_start: bool = False, expired: bool = True) -> int:
+        """Give back deliveries claimed by instances that are gone (or hung): see store.release_orphans."""
+        return await store.release_orphans(
+            self.db, self.liveness, self.instance_id, at_start=at_start, expired=expired
+        )

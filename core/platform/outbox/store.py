@@ -1,4 +1,5 @@
-"""The outbox table's SQL: enqueueing in the caller's transaction, claiming, recording outcomes, recovery, health."""
+"""The outbox table's SQL: enqueueing in the caller's transaction, claiming, recording outcomes, taking over
+the claims of dead instances, requeueing parked deliveries, health."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, text, update
+from sqlalchemy import bindparam, exists, func, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -16,6 +17,7 @@ from sqlalchemy.orm import aliased
 from core.models import ChatIdentity, OutboxDelivery
 from core.platform.clock import utcnow
 from core.platform.db import Database
+from core.platform.outbox.liveness import InstanceLiveness
 from core.platform.outbox.messages import OutgoingMessage
 from core.platform.outbox.wake import SENT_HOOKS, arrange_wake
 
@@ -159,6 +161,8 @@ class Outcome:
     error: str | None = None
     blocked: bool = False
     alert: bool = False
+    # For a retry: when the failures began (kept from the first one of the run), so the retry window is a day.
+    failing_since: datetime | None = None
 
 
 def clip(value: str | None, limit: int) -> str | None:
@@ -207,9 +211,17 @@ def claim_statement(now: datetime, limit: int, platforms: Iterable[str], *, lock
 
 
 async def claim(
-    session: AsyncSession, platforms: Iterable[str], limit: int, *, claim_seconds: float, lock_rows: bool
+    session: AsyncSession,
+    platforms: Iterable[str],
+    limit: int,
+    *,
+    claim_seconds: float,
+    lock_rows: bool,
+    claimed_by: int | None = None,
 ) -> list[OutboxDelivery]:
-    """Claim due deliveries; must be the last query of its transaction (it changes the planner's settings)."""
+    """Claim due deliveries for the instance `claimed_by`; must be the last query of its transaction (it changes
+    the planner's settings). The claim lasts while that instance lives; `claim_seconds` only bounds a claim whose
+    instance lives on but has stopped renewing it (hung)."""
     now = utcnow()
     await prepare_claim_plan(session)
     ids = list(await session.scalars(claim_statement(now, limit, platforms, lock_rows=lock_rows)))
@@ -222,6 +234,7 @@ async def claim(
             .values(
                 state="sending",
                 claimed_until=now + timedelta(seconds=claim_seconds),
+                claimed_by=claimed_by,
                 attempts=OutboxDelivery.attempts + 1,
             )
             .returning(OutboxDelivery),
@@ -271,7 +284,8 @@ async def record(
     if sent:
         await session.execute(
             by_id.values(
-                state="sent", claimed_until=None, sent_at=bindparam("b_at", type_=table.c.sent_at.type),
+                state="sent", claimed_until=None, claimed_by=None,
+                sent_at=bindparam("b_at", type_=table.c.sent_at.type),
                 platform_message_id=bindparam("b_message_id", type_=table.c.platform_message_id.type),
             ),
             sent,
@@ -281,15 +295,19 @@ async def record(
             if delivered:
                 await hook(session, delivered)
     retries = [
-        {"b_id": o.delivery.id, "b_next": o.next_attempt_at or o.at, "b_error": clip(o.error, _LAST_ERROR_MAX)}
+        {
+            "b_id": o.delivery.id, "b_next": o.next_attempt_at or o.at, "b_error": clip(o.error, _LAST_ERROR_MAX),
+            "b_since": o.failing_since,
+        }
         for o in applied if o.state == "pending"
     ]
     if retries:
         await session.execute(
             by_id.values(
-                state="pending", claimed_until=None,
+                state="pending", claimed_until=None, claimed_by=None,
                 next_attempt_at=bindparam("b_next", type_=table.c.next_attempt_at.type),
                 last_error=bindparam("b_error", type_=table.c.last_error.type),
+                failing_since=bindparam("b_since", type_=table.c.failing_since.type),
             ),
             retries,
         )
@@ -299,7 +317,8 @@ async def record(
     if parked:
         await session.execute(
             by_id.values(
-                state="parked", claimed_until=None, last_error=bindparam("b_error", type_=table.c.last_error.type)
+                state="parked", claimed_until=None, claimed_by=None,
+                last_error=bindparam("b_error", type_=table.c.last_error.type),
             ),
             parked,
         )
@@ -323,6 +342,9 @@ def mirror(outcome: Outcome) -> None:
     delivery = outcome.delivery
     delivery.state = outcome.state
     delivery.claimed_until = None
+    delivery.claimed_by = None
+    if outcome.state == "pending":
+        delivery.failing_since = outcome.failing_since
     if outcome.state == "sent":
         delivery.sent_at = outcome.at
         delivery.platform_message_id = outcome.platform_message_id
@@ -332,17 +354,112 @@ def mirror(outcome: Outcome) -> None:
         delivery.next_attempt_at = outcome.next_attempt_at
 
 
-async def recover(db: Database, instance_id: str) -> int:
-    """Give back deliveries whose claim expired: their dispatcher died or hung mid-send."""
+# --- Claims whose instance is gone ------------------------------------------------------------------------------
+
+
+async def release_orphans(
+    db: Database, liveness: InstanceLiveness, instance_id: str, *, at_start: bool = False, expired: bool = True
+) -> int:
+    """Give back to pending the deliveries claimed by instances that are gone, and any claim that ran out.
+
+    On PostgreSQL a claim belongs to a live instance: the claims of an instance whose liveness lock is free are
+    taken over in the transaction that finds it free (see InstanceLiveness.dead_among). On SQLite there is one
+    process, so at start every claim not made by this dispatcher is orphaned. Everywhere, a claim that was not
+    renewed for `claim_seconds` (its instance lives on but is hung) is given back when `expired` is set, but never
+    our own: we know whether our sends are still in flight. A row sent meanwhile is never touched: only `sending`
+    rows move.
+    """
+    now = utcnow()
+    me = liveness.key
+    released = 0
+    gone: set[int] = set()
+    async with db.transaction() as session:
+        if liveness.is_postgresql:
+            keys = list(
+                await session.scalars(
+                    select(OutboxDelivery.claimed_by)
+                    .where(OutboxDelivery.state == "sending", OutboxDelivery.claimed_by.is_not(None),
+                           OutboxDelivery.claimed_by != me)
+                    .distinct()
+                )
+            )
+            gone = await liveness.dead_among(session, [int(key) for key in keys]) if keys else set()
+            if gone:
+                result = await session.execute(
+                    update(OutboxDelivery)
+                    .where(OutboxDelivery.state == "sending", OutboxDelivery.claimed_by.in_(sorted(gone)))
+                    .values(state="pending", claimed_until=None, claimed_by=None,
+                            last_error="taken over: the instance that claimed it is gone")
+                    .execution_options(synchronize_session=False)
+                )
+                released += int(result.rowcount or 0)
+        if expired or at_start:
+            # SQLite at start: every claim but ours is a dead process's. Otherwise only claims that ran out.
+            orphaned = true() if at_start and not liveness.is_postgresql else OutboxDelivery.claimed_until < now
+            not_mine = or_(OutboxDelivery.claimed_by.is_(None), OutboxDelivery.claimed_by != me)
+            result = await session.execute(
+                update(OutboxDelivery)
+                .where(OutboxDelivery.state == "sending", orphaned, not_mine)
+                .values(state="pending", claimed_until=None, claimed_by=None,
+                        last_error="claim orphaned: dispatcher gone or hung")
+                .execution_options(synchronize_session=False)
+            )
+            released += int(result.rowcount or 0)
+    liveness.forget(gone)
+    if released:
+        log.warning(
+            "outbox %s: %d deliveries claimed by instances that are gone (%s) back to pending", instance_id,
+            released, ", ".join(str(key) for key in sorted(gone)) or "claims ran out",
+        )
+    return released
+
+
+async def renew_claims(db: Database, me: int, claim_seconds: float) -> int:
+    """Push back the expiry of our own claims still being sent, so only a hung instance's claims run out."""
     now = utcnow()
     async with db.transaction() as session:
         result = await session.execute(
             update(OutboxDelivery)
-            .where(OutboxDelivery.state == "sending", OutboxDelivery.claimed_until < now)
-            .values(state="pending", claimed_until=None, last_error="claim expired: dispatcher gone")
+            .where(
+                OutboxDelivery.state == "sending", OutboxDelivery.claimed_by == me,
+                OutboxDelivery.claimed_until < now + timedelta(seconds=claim_seconds / 2),
+            )
+            .values(claimed_until=now + timedelta(seconds=claim_seconds))
             .execution_options(synchronize_session=False)
         )
-    recovered = int(result.rowcount or 0)
-    if recovered:
-        log.warning("outbox %s: %d deliveries with expired claims back to pending", instance_id, recovered)
-    return recovered
+    return int(result.rowcount or 0)
+
+
+# --- Parked deliveries -------------------------------------------------------------------------------------------
+
+
+def _retryable_parked() -> Any:
+    """Parked deliveries whose chat can still be reached (a blocked bot stays blocked until the user writes)."""
+    unreachable = exists().where(
+        ChatIdentity.platform == OutboxDelivery.platform,
+        ChatIdentity.chat_id == OutboxDelivery.chat_id,
+        ChatIdentity.unreachable_at.is_not(None),
+    )
+    return (OutboxDelivery.state == "parked", ~unreachable)
+
+
+async def count_retryable_parked(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(OutboxDelivery).where(*_retryable_parked())) or 0)
+
+
+async def requeue_parked(session: AsyncSession) -> int:
+    """Put every retryable parked delivery back in its chat's queue, with a fresh retry window; returns how many.
+
+    A second call finds nothing left to do (the rows are pending by then), so a double tap queues nothing twice.
+    """
+    now = utcnow()
+    result = await session.execute(
+        update(OutboxDelivery)
+        .where(*_retryable_parked())
+        .values(state="pending", next_attempt_at=now, failing_since=None, claimed_until=None, claimed_by=None)
+        .execution_options(synchronize_session=False)
+    )
+    count = int(result.rowcount or 0)
+    if count:
+        await arrange_wake(session)
+    return count

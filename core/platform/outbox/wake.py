@@ -26,6 +26,7 @@ _INFO_WAKE = "cumapp_outbox_wake"
 _INFO_NOTIFIED = "cumapp_outbox_notified"
 # Options of SQLAlchemy's asyncpg dialect that asyncpg.connect() would take for server settings and refuse.
 _SQLALCHEMY_ONLY_QUERY_KEYS = frozenset({"prepared_statement_cache_size", "prepared_statement_name_func"})
+RECONNECT_MAX_SECONDS = 2.0
 
 Waker = Callable[[], None]
 _wakers: list[tuple[Waker, Engine | None]] = []
@@ -107,7 +108,8 @@ async def arrange_wake(session: AsyncSession) -> None:
         sync.info[_INFO_NOTIFIED] = root
 
 
-def _listen_dsn(url: URL) -> str:
+def listen_dsn(url: URL) -> str:
+    """The asyncpg DSN of an engine URL, for the connections we keep outside the pool."""
     query = {key: value for key, value in url.query.items() if key not in _SQLALCHEMY_ONLY_QUERY_KEYS}
     return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
@@ -149,24 +151,28 @@ class NotifyListener:
         self.changed.set()
 
     async def run(self) -> None:
-        dsn = _listen_dsn(self.url)
-        delay = 0.5
+        dsn = listen_dsn(self.url)
+        failures = 0
         while not self._stopping:
             try:
                 connection = await asyncpg.connect(
-                    dsn, timeout=10, server_settings={"application_name": f"cumapp-outbox {self.instance_id}"[:63]}
+                    dsn, timeout=5, server_settings={"application_name": f"cumapp-outbox {self.instance_id}"[:63]}
                 )
             except Exception as error:
-                log.warning("outbox %s: LISTEN connection failed (%s); retrying in %.1f s", self.instance_id,
-                            error, delay)
+                # Capped low: PostgreSQL back from a restart must be heard within seconds, and a refused
+                # connection costs nothing. One line per 10 s of outage, not one per attempt.
+                delay = min(0.5 * 2**failures, RECONNECT_MAX_SECONDS)
+                if failures % 5 == 0:
+                    log.warning("outbox %s: LISTEN connection failed (%s); retrying every %.1f s", self.instance_id,
+                                error, RECONNECT_MAX_SECONDS)
+                failures += 1
                 await wait(self._stop_event, delay)
-                delay = min(delay * 2, 30.0)
                 continue
             self.connection = connection
             try:
                 connection.add_termination_listener(lambda _connection: self.changed.set())
                 await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                delay = 0.5
+                failures = 0
                 self.connects += 1
                 self.ready.set()
                 self._wakeup.set()  # anything committed while we were not listening

@@ -210,7 +210,7 @@ async def test_health_shows_providers_balances_outbox_and_errors(
         assert "vonage: ❌ TimeoutError: slow" in text
         assert "Outbox: 2 waiting (0 being sent)" in text and "· 1 parked" in text
         assert "deliveries 1/3 failed (33.3%)" in text
-        assert buttons(answer) == {"🔄 Refresh": "hl:refresh"}
+        assert buttons(answer) == {"📤 Retry 1 parked": "hl:retry", "🔄 Refresh": "hl:refresh"}
         await h.press(admin, answer, "hl:refresh")
         await asyncio.sleep(0.3)  # the same figures leave the message as it was ("not modified" is fine)
         assert "Outbox: 2 waiting" in h.screen(ADMIN_ID)["text"]

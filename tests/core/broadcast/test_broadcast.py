@@ -269,7 +269,8 @@ async def test_a_broadcast_runs_at_the_platform_limit_with_no_429(db: Database) 
         assert set(deliveries(app.fake, chats).values()) == {1} and len(deliveries(app.fake, chats)) == 600
         assert app.fake.too_many_requests == 0
         assert rate >= 0.95 * LIMIT, f"{rate:.2f} messages/s is below 95% of {LIMIT}"
-        assert rate <= LIMIT
+        # Never more than the limit in any second (the first and last seconds make the average a little noisy).
+        assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= LIMIT
         sample = next(c for c in app.fake.calls if c.method == "sendMessage" and c.chat_id == chats[0])
         assert sample.params["text"] == "📣 Big <b>news</b> &amp; more"
         assert sample.result["reply_markup"]["inline_keyboard"][0][0]["url"] == "https://example.com"
@@ -579,30 +580,3 @@ async def test_a_non_admin_is_refused_every_admin_command_and_button(db: Databas
         await asyncio.sleep(0.5)
         async with db.read() as session:
             assert await session.scalar(select(func.count()).select_from(Broadcast)) == 0
-
-
-async def test_the_budget_serves_ordinary_sends_first_and_never_exceeds_the_rate() -> None:
-    budget = bc.RateBudget(50)
-    bulk: list[float] = []
-    waits: list[float] = []
-    stop = time.monotonic() + 2.0
-
-    async def broadcast() -> None:
-        while time.monotonic() < stop:
-            assert await budget.acquire_bulk()
-            bulk.append(time.monotonic())
-
-    async def ordinary() -> None:
-        while time.monotonic() < stop:
-            asked = time.monotonic()
-            await budget.acquire_priority()
-            waits.append(time.monotonic() - asked)
-            bulk.append(time.monotonic())
-            await asyncio.sleep(0.07)
-
-    await asyncio.gather(broadcast(), ordinary())
-    bulk.sort()
-    busiest = max(sum(1 for t in bulk if start <= t < start + 1.0) for start in bulk)
-    # An ordinary sender that wakes a few milliseconds after its reserved slot may land in the next window.
-    assert busiest <= 51 and len(bulk) >= 90
-    assert max(waits) < 0.05 and len(waits) >= 25

@@ -9,7 +9,7 @@ bot.telegram.TelegramSender) runs in this process; the load client and the fake 
 (`--client`), so the client's work does not share the server's event loop.
 
     TEST_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres \\
-        /work/venv/bin/python bench/relay_latency.py --write docs/perf/relay.md
+        .venv/bin/python bench/relay_latency.py --write docs/perf/relay.md
 """
 
 from __future__ import annotations
@@ -443,7 +443,7 @@ def main() -> None:
         parser.error("needs a PostgreSQL URL: --database-url or TEST_DATABASE_URL")
     args.load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     result = asyncio.run(_server(args))
-    command = " ".join(["TEST_DATABASE_URL=" + args.database_url, "/work/venv/bin/python", *sys.argv])
+    command = " ".join(["TEST_DATABASE_URL=" + args.database_url, ".venv/bin/python", *sys.argv])
     report = _report(args, result, command)
     print(report)
     if args.write:

@@ -9,7 +9,7 @@ ledger entries (captures and some refunds) that go with them. Then, for each per
   (the chat platform's upload is not included). Target: under 1 second.
 
     TEST_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres \\
-        /work/venv/bin/python bench/stats_time.py --runs 7
+        .venv/bin/python bench/stats_time.py --runs 7
 """
 
 from __future__ import annotations

@@ -117,8 +117,9 @@ async def test_an_edited_sms_command_sends_nothing_and_charges_nothing(db: Datab
         assert await _settled(twilio, db) == (1, 1)
         assert [m["body"] for m in twilio.messages.values()] == ["First text"]
         # A plain message edited into a command runs nothing either.
+        since = len(h.fake.calls)
         plain = cam.send("hello")
-        await h.answer_after(since, cam.id)
+        await h.answer_after(since, cam.id)  # the answer to "hello" itself, before the edit
         since = len(h.fake.calls)
         _edited(cam, plain, f"/sms {TO} sneaky")
         assert (await h.answer_after(since, cam.id)).params["text"] == EDIT_NOTICE

@@ -6,7 +6,9 @@ ledger entries (captures and some refunds) that go with them. Then, for each per
 * `stats.collect` alone: the database aggregates;
 * `stats.render_charts` alone: the four PNG charts;
 * the whole `/stats` command through the router, as an admin: account load, aggregates and charts, ready to send
-  (the chat platform's upload is not included). Target: under 1 second.
+  (the chat platform's upload is not included). Target: p95 ≤ 300 ms. Nothing is cached between runs: every run
+  queries the database and draws the charts afresh ("cold"); only the process's one-time costs (importing
+  Pillow, loading the font) are paid before the first run, as a running bot pays them at its first /stats.
 
     TEST_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python bench/stats_time.py --runs 7
@@ -29,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TARGET_SECONDS = 1.0
+TARGET_SECONDS = 0.3
 SEED = [
     # 10,000 users, created over 60 days, seen over the last 30.
     """INSERT INTO users (role, status, tier, locale, balance_cents, held_cents, ai_opt_in, auto_analyze,
@@ -116,7 +118,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         services = build_services(settings, db=db)
         admin = Contact(platform="telegram", platform_user_id="999", chat_id="999", display_name="Bench admin")
         await router.handle_command(services, admin, "start")  # the admin's account exists, as in real use
-        stats.render_charts((await stats.collect(db, "7d"))[1])  # matplotlib's first-use cost, paid at start-up
+        stats.render_charts((await stats.collect(db, "7d"))[1])  # one-time: Pillow's import and the font
         for period in stats.PERIODS:
             collect_times, chart_times, command_times = [], [], []
             for _ in range(args.runs):
@@ -179,4 +181,5 @@ if __name__ == "__main__":
           f"(seeded in {outcome['seed_seconds']:.1f} s)")
     print(table(outcome))
     worst = max(r["command_ms"][1] for r in outcome["periods"].values())
-    print(f"target: /stats under {TARGET_SECONDS * 1000:.0f} ms — worst p95 {worst:.0f} ms")
+    print(f"target: /stats p95 ≤ {TARGET_SECONDS * 1000:.0f} ms — worst p95 {worst:.0f} ms: "
+          f"{'met' if worst <= TARGET_SECONDS * 1000 else 'NOT met'}")

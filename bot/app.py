@@ -7,13 +7,16 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from core.admin.alerts import alert_admins
 from core.ai.service import AiService, build_ai_assistant
+from core.api import delivery as api_delivery
+from core.api import events as api_events
 from core.broadcast.service import BroadcastRunner
 from core.messaging.service import build_messaging_service
-from core.money import sandbox_credit
+from core.money import sandbox_credit, subscriptions
 from core.platform import updates
 from core.platform.i18n import escape
 from core.platform.migrate import upgrade_to_head_async
@@ -27,6 +30,7 @@ from core.verification.service import build_verification_service
 from core.version import __version__
 from webhooks import textverified
 from webhooks import twilio as twilio_webhooks
+from webhooks import voice as voice_webhooks
 from webhooks import vonage as vonage_webhooks
 from webhooks.server import RouteAdder, WebServer, create_app
 
@@ -75,6 +79,7 @@ class Application:
     web: WebServer | None = None
     scheduler: Scheduler | None = None
     front_ends: list[Component] = field(default_factory=list)
+    log_path: Path | None = None  # where log lines go while the terminal chat runs
     _started: list[Component] = field(default_factory=list)
 
     def _wants_console(self) -> bool:
@@ -126,6 +131,12 @@ class Application:
         return mask_url(self.settings.database_url)
 
     async def start(self) -> None:
+        if self._wants_console():
+            from bot.console import divert_logs, log_file_for
+
+            # Log lines would land in the middle of the terminal chat: they go to a file, named in the banner.
+            self.log_path = log_file_for(self.settings.database_url)
+            divert_logs(self.log_path)
         if self.migrate:
             await upgrade_to_head_async(self.settings.database_url)
         self.services = services = build_services(self.settings)
@@ -135,7 +146,7 @@ class Application:
         if simulated:
             log.warning(
                 "sandbox with a real chat: %s simulated; screens that sell say sandbox and Telegram Stars top-ups "
-                "are refused. Set the credentials and SANDBOX=false to go live", ", ".join(simulated),
+                "are refused. Set the credentials and SANDBOX=false to go live (docs/DEPLOY.md)", ", ".join(simulated),
             )
         # This process's proof of life: what it claims (deliveries, job leases) is taken over within seconds
         # by another instance, or by itself restarted, once it dies.
@@ -145,6 +156,7 @@ class Application:
         services.verification.start_jobs(self.scheduler)
         services.messaging = build_messaging_service(self.settings, services.db, services.metrics, services.plan)
         services.messaging.start_jobs(self.scheduler)
+        services.messaging.renewals.start_jobs(self.scheduler)  # number rentals, once across instances
         services.ai = AiService(
             services.db, build_ai_assistant(self.settings, services.plan), self.settings, services.metrics
         )
@@ -153,17 +165,22 @@ class Application:
         # One rate budget per platform, shared by ordinary deliveries (first) and broadcasts (what is left), so
         # a broadcast runs at the platform's limit without ever starving codes and relayed SMS.
         broadcasts = BroadcastRunner(services.db, senders, services.metrics)
+        # Integrators' webhook endpoints are one more outbox platform, outside the chats' flood budgets.
+        outbox_senders = {**broadcasts.paced_senders(), **api_delivery.senders(self.settings, services.db)}
         dispatcher = OutboxDispatcher(
-            services.db, broadcasts.paced_senders(), metrics=services.metrics, on_parked=self._delivery_parked,
+            services.db, outbox_senders, metrics=services.metrics, on_parked=self._delivery_parked,
             liveness=liveness,
         )
         services.outbox = dispatcher
         self.scheduler.add_periodic("health-alerts", lambda: _health_alerts(services), 60)
         updates.start_jobs(self.scheduler, services.db)  # forgets handled chat update ids after a day
+        api_events.start_jobs(self.scheduler, services.db)  # API events and idempotency answers kept a day
+        subscriptions.start_jobs(self.scheduler, services.db, self.settings)  # tier renewals and lapses
         self.web = WebServer(
             create_app(
                 services,
-                [textverified.add_routes, twilio_webhooks.add_routes, vonage_webhooks.add_routes, *routes],
+                [textverified.add_routes, twilio_webhooks.add_routes, voice_webhooks.add_routes,
+                 vonage_webhooks.add_routes, *routes],
             ),
             self.settings.http_host,
             self.settings.http_port,
@@ -186,6 +203,26 @@ class Application:
         self._started.append(_Named("broadcast runner", broadcasts))
         self.scheduler.start()
         log.info(self.banner())
+        for component in self.front_ends:
+            announce = getattr(component, "announce", None)
+            if announce is not None:
+                # The terminal chat prints it in one piece, with its own Mini App sign-in link (never logged).
+                announce(self.banner() + await self._miniapp_line(component), self.log_path)
+
+    async def _miniapp_line(self, component: Any) -> str:
+        """`| Mini App: <single-use sign-in link>` for the terminal chat's account, to open /app in a browser."""
+        contact = getattr(component, "contact", None)
+        if contact is None or self.services is None or self.web is None:
+            return ""
+        from bot.handlers.miniapp import signin_link
+        from core.money.accounts import get_or_create
+
+        services = self.services
+        async with services.db.transaction() as session:
+            user_id = (await get_or_create(session, contact, signup_bonus_cents=services.signup_bonus_cents)).user.id
+        host = self.settings.http_host if self.settings.http_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        link = await signin_link(services, user_id, f"http://{host}:{self.web.port}")
+        return f" | Mini App: {link} (works once, for 10 minutes; /app makes another)"
 
     async def _delivery_parked(self, delivery: Any) -> None:
         """A chat message could not be delivered after every retry: admins hear about it once per chat."""

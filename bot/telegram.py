@@ -18,9 +18,13 @@ from telegram import (
     ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputFile,
+    InputMediaPhoto,
     LabeledPrice,
+    MenuButtonWebApp,
     Message,
     Update,
+    WebAppInfo,
 )
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
@@ -36,11 +40,12 @@ from telegram.ext import (
     filters,
 )
 
-from bot.handlers import router, topup
+from bot.handlers import router, subscribe, topup
 from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef
 from bot.render import plain_text as _plain
 from bot.telegram_transport import BudgetRateLimiter
+from core.money import subscriptions
 from core.money.accounts import Contact
 from core.platform import updates
 from core.platform.i18n import t
@@ -66,7 +71,9 @@ def keyboard(rows: list[list[Button]]) -> InlineKeyboardMarkup | None:
     for row in rows:
         line = []
         for button in row:
-            if button.url:
+            if button.url and button.web_app:
+                line.append(InlineKeyboardButton(button.label, web_app=WebAppInfo(button.url)))
+            elif button.url:
                 line.append(InlineKeyboardButton(button.label, url=button.url))
             elif button.copy_text:
                 line.append(InlineKeyboardButton(button.label, copy_text=CopyTextButton(button.copy_text[:256])))
@@ -131,6 +138,10 @@ def contact_of(update: Update) -> Contact:
     )
 
 
+# Bot API refusals that mean "this message can no longer be edited" rather than "this edit is wrong".
+EDIT_GONE = ("message to edit not found", "message can't be edited", "message_id_invalid")
+
+
 class TelegramSender:
     """The outbox's way into Telegram: HTML messages with buttons; errors mapped to retry, park or blocked.
 
@@ -157,12 +168,18 @@ class TelegramSender:
                         chat_id=int(chat_id), message_id=int(edit_id), text=message.text, parse_mode=ParseMode.HTML,
                         reply_markup=keyboard(rows), disable_web_page_preview=message.disable_preview,
                     )
+                    return str(edit_id)
                 except BadRequest as error:
-                    if "not modified" not in str(error).lower():
+                    reason = str(error).lower()
+                    if "not modified" in reason:
+                        return str(edit_id)
+                    if not any(gone in reason for gone in EDIT_GONE):
                         raise
-                return str(edit_id)
+                # The message to update was deleted or is too old to edit: the news comes as a new message.
             paid = True if message.paid_broadcast else None
             sent: Message | None = None
+            if message.attachments:
+                return await self._send_files(int(chat_id), message, rows)
             if message.photo_url:
                 caption = message.text if len(message.text) <= 1024 else None
                 sent = await bot.send_photo(
@@ -192,6 +209,80 @@ class TelegramSender:
             raise DeliveryError(str(error), permanent=True, blocked=blocked) from None
         except (TimedOut, NetworkError) as error:
             raise DeliveryError(f"network: {error}") from None
+
+
+    async def _send_files(self, chat_id: int, message: OutgoingMessage, rows: list[list[Button]]) -> str:
+        """Files (a voicemail as audio, pictures, documents), the text as the first one's caption and the buttons
+        under the last; a text too long for a caption (1024) goes first, on its own."""
+        bot = self.application.bot
+        if 2 <= len(message.attachments) <= 10 and all(a.kind == "photo" for a in message.attachments):
+            return await self._send_album(chat_id, message, rows)
+        caption: str | None = message.text if len(message.text) <= 1024 else None
+        if caption is None:
+            for chunk in split_html(message.text):
+                await bot.send_message(chat_id=chat_id, text=chunk, parse_mode=ParseMode.HTML,
+                                       disable_web_page_preview=True)
+        sent: Message | None = None
+        last = len(message.attachments) - 1
+        for index, attachment in enumerate(message.attachments):
+            file = InputFile(attachment.data, filename=attachment.filename)
+            common: dict[str, Any] = {
+                "chat_id": chat_id, "caption": caption if index == 0 else None, "parse_mode": ParseMode.HTML,
+                "reply_markup": keyboard(rows) if index == last else None,
+            }
+            if attachment.kind == "audio":
+                sent = await bot.send_audio(audio=file, title=attachment.title, **common)
+            elif attachment.kind == "photo":
+                sent = await bot.send_photo(photo=file, **common)
+            else:
+                sent = await bot.send_document(document=file, **common)
+        assert sent is not None
+        return str(sent.message_id)
+
+    async def _send_album(self, chat_id: int, message: OutgoingMessage, rows: list[list[Button]]) -> str:
+        """Pictures of one MMS as an album (sendMediaGroup), then the text with the buttons, which an album
+        cannot carry; the text's message is the one a reply answers."""
+        bot = self.application.bot
+        await bot.send_media_group(chat_id=chat_id, media=[
+            InputMediaPhoto(InputFile(attachment.data, filename=attachment.filename, attach=True))
+            for attachment in message.attachments
+        ])
+        sent: Message | None = None
+        chunks = split_html(message.text)
+        for index, chunk in enumerate(chunks):
+            sent = await bot.send_message(
+                chat_id=chat_id, text=chunk, parse_mode=ParseMode.HTML,
+                reply_markup=keyboard(rows) if index == len(chunks) - 1 else None, disable_web_page_preview=True,
+            )
+        assert sent is not None
+        return str(sent.message_id)
+
+
+class StarsSubscriptions:
+    """The Bot API calls of Stars subscriptions that /subscribe needs (subscriptions.StarsSubscriptionApi)."""
+
+    def __init__(self, application: Application) -> None:  # type: ignore[type-arg]
+        self.application = application
+
+    async def invoice_link(self, *, title: str, description: str, label: str, payload: str, stars: int) -> str:
+        try:
+            return await self.application.bot.create_invoice_link(
+                title=_plain(title)[:32], description=_plain(description)[:255], payload=payload,
+                currency="XTR", prices=[LabeledPrice(_plain(label)[:32], stars)], provider_token="",
+                subscription_period=subscriptions.PERIOD_SECONDS,
+            )
+        except TelegramError as error:
+            log.warning("telegram refused a Stars subscription invoice link: %s", error)
+            raise subscriptions.SubscriptionError("sub_unavailable") from error
+
+    async def set_canceled(self, platform_user_id: str, charge_id: str, canceled: bool) -> None:
+        try:
+            await self.application.bot.edit_user_star_subscription(
+                user_id=int(platform_user_id), telegram_payment_charge_id=charge_id, is_canceled=canceled
+            )
+        except TelegramError as error:
+            log.warning("telegram refused editUserStarSubscription: %s", error)
+            raise subscriptions.SubscriptionError("sub_unavailable") from error
 
 
 class TelegramFrontEnd:
@@ -242,6 +333,7 @@ class TelegramFrontEnd:
         app.add_handler(MessageHandler(new & filters.COMMAND, self._on_command))
         app.add_handler(CallbackQueryHandler(self._on_button))
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(MessageHandler(new & filters.PHOTO, self._on_photo))
         app.add_handler(MessageHandler(filters.UpdateType.EDITED_MESSAGE & filters.TEXT, self._on_edited))
         app.add_error_handler(self._on_error)
 
@@ -254,6 +346,7 @@ class TelegramFrontEnd:
         app = self.application
         await app.initialize()
         self.services.stars_refunder = self._refund_stars
+        self.services.stars_subscriptions = StarsSubscriptions(app)
         await self._set_commands()
         await app.start()
         settings = self.services.settings
@@ -308,6 +401,13 @@ class TelegramFrontEnd:
                     await bot.set_my_commands(admins, scope=BotCommandScopeChat(chat_id=admin_id))
         except TelegramError as error:
             log.warning("setting the command menu failed: %s", error)
+        base = self.services.settings.public_base_url.rstrip("/")
+        if base.startswith("https://"):
+            # The chat's menu button opens the Mini App; Telegram refuses web apps on plain http (/app sends a link).
+            try:
+                await bot.set_chat_menu_button(menu_button=MenuButtonWebApp("App", WebAppInfo(f"{base}/app")))
+            except TelegramError as error:
+                log.warning("setting the Mini App menu button failed: %s", error)
 
     async def _refund_stars(self, platform_user_id: str, charge_id: str) -> None:
         await self.application.bot.refund_star_payment(
@@ -410,6 +510,25 @@ class TelegramFrontEnd:
             message.chat_id, screens, reply_to=message if in_group else None, editing=placeholder
         )
 
+    async def _on_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A picture, fetched here (getFile, then the file path), handed on with its caption: in reply to a
+        relayed SMS it goes out as an MMS."""
+        message = update.effective_message
+        if message is None or not message.photo or update.effective_user is None:
+            return
+        if message.chat.type != ChatType.PRIVATE:
+            return  # pictures in groups are people talking to each other
+        reply_to = None
+        if message.reply_to_message is not None:
+            reply_to = SentRef(PLATFORM, str(message.chat_id), str(message.reply_to_message.message_id))
+        largest = message.photo[-1]  # Telegram lists the sizes smallest first; photos are always JPEG
+        data = bytes(await (await largest.get_file()).download_as_bytearray())
+        picture = router.IncomingFile(data, "image/jpeg", key=f"{message.chat_id}:{message.message_id}")
+        screens = await router.handle_text(
+            self.services, contact_of(update), message.caption or "", reply_to=reply_to, file=picture
+        )
+        await self._render(message.chat_id, screens)
+
     async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
         if message is None or message.text is None or update.effective_user is None:
@@ -456,7 +575,8 @@ class TelegramFrontEnd:
         query = update.pre_checkout_query
         if query is None:
             return
-        refusal = await topup.pre_checkout(
+        flow = subscribe if subscriptions.is_subscription_payload(query.invoice_payload) else topup
+        refusal = await flow.pre_checkout(
             self.services, contact_of(update), query.invoice_payload, query.currency, query.total_amount
         )
         if refusal is None:
@@ -469,6 +589,16 @@ class TelegramFrontEnd:
         if message is None or message.successful_payment is None:
             return
         payment = message.successful_payment
+        if subscriptions.is_subscription_payload(payment.invoice_payload):
+            # A Stars subscription: the first payment or a renewal (is_recurring), each with its own charge id.
+            screens = await subscribe.payment_received(
+                self.services, contact_of(update), charge_id=payment.telegram_payment_charge_id,
+                payload=payment.invoice_payload, currency=payment.currency, amount=payment.total_amount,
+                expires_at=payment.subscription_expiration_date,
+                is_first=not payment.is_recurring or bool(payment.is_first_recurring),
+            )
+            await self._render(message.chat_id, screens)
+            return
         screens = await topup.payment_received(
             self.services, contact_of(update), charge_id=payment.telegram_payment_charge_id,
             payload=payment.invoice_payload, currency=payment.currency, amount=payment.total_amount,

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -67,13 +68,18 @@ ROLES = ("user", "admin")
 USER_STATUSES = ("active", "banned")
 TIERS = ("free", "pro", "business")
 PLATFORMS = ("telegram", "discord", "console")
+# The outbox also POSTs integrators' events to their webhook endpoints (core.api.delivery).
+DELIVERY_PLATFORMS = (*PLATFORMS, "webhook")
 LEDGER_KINDS = (
     "signup_bonus", "topup", "topup_refund", "grant", "hold", "capture", "release", "refund", "merge",
+    "renewal",
 )
 HOLD_STATES = ("held", "captured", "released", "refunded")
 PAYMENT_STATES = ("paid", "refunded")
 VERIFICATION_STATES = ("requested", "active", "code_received", "completed", "cancelled", "expired", "failed")
 NUMBER_STATES = ("active", "released")
+# What a call to an owned number gets: a voicemail, nothing (rejected), or forwarded (core.messaging.calls).
+CALL_MODES = ("voicemail", "off", "forward")
 DIRECTIONS = ("inbound", "outbound")
 MESSAGE_STATUSES = ("received", "accepted", "queued", "sending", "sent", "delivered", "failed", "undelivered", "rejected")
 DELIVERY_STATES = ("pending", "sending", "sent", "parked", "cancelled")
@@ -158,6 +164,52 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
+class ApiEvent(Base):
+    """An integrator API event (verification.code, message.received…), written with the change that caused it
+    and kept 24 hours for `?after=` replay."""
+
+    __tablename__ = "api_events"
+    __table_args__ = (Index("ix_api_events_user_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(32))
+    # Encrypted at rest: it holds codes and SMS texts.
+    data: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
+    dedupe_key: Mapped[str | None] = mapped_column(String(160), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ApiIdempotency(Base):
+    """One `Idempotency-Key` of an account: the request's hash and, once answered, the answer to repeat."""
+
+    __tablename__ = "api_idempotency"
+    __table_args__ = (UniqueConstraint("user_id", "key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    # Encrypted at rest: an answer may hold a code or a message text.
+    response: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ApiWebhookEndpoint(Base):
+    """Where an integrator's events are also POSTed, signed with the endpoint's secret."""
+
+    __tablename__ = "api_webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # Encrypted at rest, as the contract says of integrators' webhook secrets.
+    secret: Mapped[str] = mapped_column(EncryptedText)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+
 class LinkCode(Base):
     """A one-time code that joins a second chat identity to an account."""
 
@@ -235,6 +287,53 @@ class Payment(Base):
     refunded_at: Mapped[datetime | None] = mapped_column()
 
 
+SUBSCRIPTION_CHANNELS = ("stars", "balance")
+SUBSCRIPTION_STATES = ("active", "lapsed")
+
+
+class Subscription(Base):
+    """An account's paid tier (core.money.subscriptions): held until `paid_until`, then renewed or lapsed to free."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        CheckConstraint(_in("tier", TIERS), name="tier"),
+        CheckConstraint(_in("channel", SUBSCRIPTION_CHANNELS), name="channel"),
+        CheckConstraint(_in("state", SUBSCRIPTION_STATES), name="state"),
+        Index("ix_subscriptions_state_paid_until", "state", "paid_until"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), unique=True)
+    tier: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(16))  # stars: Telegram renews it; balance: our job does
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=True)
+    paid_until: Mapped[datetime] = mapped_column()
+    # Stars: who pays and the latest charge, for editUserStarSubscription.
+    platform_user_id: Mapped[str | None] = mapped_column(String(64))
+    charge_id: Mapped[str | None] = mapped_column(String(160))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SubscriptionPayment(Base):
+    """One paid period of a subscription: a Telegram Stars charge, or a monthly debit of the balance."""
+
+    __tablename__ = "subscription_payments"
+    __table_args__ = (UniqueConstraint("provider", "charge_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))  # telegram_stars or balance
+    # Telegram's telegram_payment_charge_id, or for the balance the period's key (one per account and period).
+    charge_id: Mapped[str] = mapped_column(String(160))
+    tier: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(8))  # XTR or USD (cents)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    paid_until: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Verification(Base):
     """A rented number waiting for one service's code, and its money."""
 
@@ -257,8 +356,9 @@ class Verification(Base):
     price_cents: Mapped[int] = mapped_column(BigInteger)
     provider_cost_cents: Mapped[int] = mapped_column(BigInteger)
     hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"))
-    code: Mapped[str | None] = mapped_column(String(32))
-    sms_text: Mapped[str | None] = mapped_column(Text)
+    # Encrypted at rest, like the SMS the code came in.
+    code: Mapped[str | None] = mapped_column(EncryptedText)
+    sms_text: Mapped[str | None] = mapped_column(EncryptedText)
     failure_reason: Mapped[str | None] = mapped_column(String(256))
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
     ends_at: Mapped[datetime | None] = mapped_column()
@@ -280,9 +380,17 @@ class VerificationSms(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     verification_id: Mapped[int] = mapped_column(ForeignKey("verifications.id", ondelete="CASCADE"))
     provider_sms_id: Mapped[str] = mapped_column(String(128))
-    text: Mapped[str] = mapped_column(Text)
-    code: Mapped[str | None] = mapped_column(String(32))
+    # Encrypted at rest; `text_hash` (Keyring.fingerprint of dedupe_text) finds the same text seen twice.
+    text: Mapped[str] = mapped_column(EncryptedText)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    code: Mapped[str | None] = mapped_column(EncryptedText)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @staticmethod
+    def dedupe_text(verification_id: int, text: str) -> str:
+        """What is fingerprinted: the verification (equal texts of two verifications never match) and the text
+        with its spacing normalised (a webhook and the SMS list may trim or wrap it differently)."""
+        return f"{verification_id}\n{' '.join(text.split())}"
 
 
 class PhoneNumber(Base):
@@ -292,7 +400,9 @@ class PhoneNumber(Base):
     __table_args__ = (
         UniqueConstraint("provider", "provider_sid"),
         CheckConstraint(_in("state", NUMBER_STATES), name="state"),
+        CheckConstraint(_in("call_mode", CALL_MODES), name="call_mode"),
         Index("ix_phone_numbers_e164_state", "e164", "state"),
+        Index("ix_phone_numbers_state_renews", "state", "renews_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -306,6 +416,13 @@ class PhoneNumber(Base):
     purchased_at: Mapped[datetime] = mapped_column(default=utcnow)
     renews_at: Mapped[datetime | None] = mapped_column()
     released_at: Mapped[datetime | None] = mapped_column()
+    # Rentals (core.messaging.renewals): charged monthly from the balance while on; the renewal the owner was told
+    # the balance does not cover; set when an unpaid number's release at the provider began (no renewal after it).
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    low_balance_notice_for: Mapped[datetime | None] = mapped_column()
+    release_started_at: Mapped[datetime | None] = mapped_column()
+    call_mode: Mapped[str] = mapped_column(String(16), default="voicemail", server_default="voicemail")
+    call_forward_to: Mapped[str | None] = mapped_column(String(32))  # E.164, when call_mode is "forward"
 
 
 class Conversation(Base):
@@ -366,13 +483,36 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class Call(Base):
+    """One call to an owned number: how it was answered (its number's call mode then) and its voicemail, kept
+    once per CallSid and RecordingSid so a webhook delivered twice has no second effect."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        CheckConstraint(_in("mode", CALL_MODES), name="mode"),
+        Index("ix_calls_user_received", "user_id", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32), default="twilio")
+    call_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    phone_number_id: Mapped[int] = mapped_column(ForeignKey("phone_numbers.id"))
+    from_e164: Mapped[str] = mapped_column(String(32))  # "" when the caller withheld their number
+    mode: Mapped[str] = mapped_column(String(16))
+    forwarded_to: Mapped[str | None] = mapped_column(String(32))
+    recording_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    recording_seconds: Mapped[int | None] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OutboxDelivery(Base):
     """A message waiting to be sent to a chat; written in the same transaction as what caused it."""
 
     __tablename__ = "outbox_deliveries"
     __table_args__ = (
         CheckConstraint(_in("state", DELIVERY_STATES), name="state"),
-        CheckConstraint(_in("platform", PLATFORMS), name="platform"),
+        CheckConstraint(_in("platform", DELIVERY_PLATFORMS), name="platform"),
         Index("ix_outbox_deliveries_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_deliveries_chat", "platform", "chat_id", "id"),
     )
@@ -538,3 +678,19 @@ class KeyValue(Base):
     # Encrypted at rest: values hold SMS parts waiting for the rest, AI drafts and what a chat dialog typed.
     value: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class MediaLink(Base):
+    """A picture we send as an MMS, served to the provider at `/media/<token>` until `expires_at`: only the token's
+    SHA-256 is kept, so the database alone cannot make the link."""
+
+    __tablename__ = "media_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    content_type: Mapped[str] = mapped_column(String(100))
+    # Encrypted at rest: the picture, in base64.
+    data: Mapped[str] = mapped_column(EncryptedText)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -6,13 +6,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.platform.crypto import keyring_for
 from core.platform.db import Database
 from core.platform.metrics import Metrics
 from core.platform.settings import Settings
 from core.providers.plan import ProviderPlan, plan_providers, signup_bonus_cents
+
+if TYPE_CHECKING:
+    from core.money.subscriptions import StarsSubscriptionApi
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ class Services:
     outbox: Any = None  # core.platform.outbox.OutboxDispatcher
     # Set by the Telegram front end at start-up: asks Telegram to refund a Stars charge (user id, charge id).
     stars_refunder: Callable[[str, str], Awaitable[None]] | None = None
+    # Set by the Telegram front end at start-up: Stars subscription invoice links and cancelling their renewals.
+    stars_subscriptions: StarsSubscriptionApi | None = None
 
     @property
     def signup_bonus_cents(self) -> int:
@@ -60,7 +65,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
             # `cumapp run` has refused this already unless every provider is simulated (sandbox on PostgreSQL).
             log.warning("DATA_ENCRYPTION_KEYS is unset: SMS bodies and AI notes are stored in plain text")
         if db is None:
-            db = Database(settings.database_url, keyring=keyring)
+            db = Database(settings.database_url, keyring=keyring, pool_size=settings.database_pool_size)
         else:
             db.use_keyring(keyring)
     services = Services(settings=settings, db=db, plan=plan)

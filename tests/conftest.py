@@ -103,6 +103,33 @@ class LogScan(logging.Handler):
 LOG_SCAN = LogScan()
 
 
+# Tests whose assertions are rates or deadlines measured on the wall clock: the README's test command runs them after
+# the parallel part, alone on the machine (`-m serial`), so that another worker's CPU load cannot fail them.
+SERIAL_TESTS = (
+    "tests/faults/",
+    "tests/journeys/test_flood_budget.py",
+    "tests/journeys/test_polling_leader.py",
+    "tests/core/platform/test_pacing.py",
+    "tests/core/platform/test_outbox.py",
+    "tests/bot/test_discord_pacing.py",
+    "tests/webhooks/test_slow_clients.py",
+    "tests/fakes/test_telegram_api.py",
+    "tests/core/ai/test_service.py",
+    "tests/core/ai/test_assistant.py",
+    "tests/core/verification/test_codes.py",
+    "tests/core/broadcast/test_broadcast.py::test_a_broadcast_runs_at_the_platform_limit_with_no_429",
+    "tests/core/broadcast/test_broadcast.py::test_429_and_500_for_a_while_still_reach_every_user_exactly_once",
+    "tests/core/broadcast/test_broadcast.py::test_pause_and_cancel_take_effect_within_a_second",
+    "tests/core/broadcast/test_broadcast.py::test_codes_and_relayed_sms_keep_flowing_during_a_broadcast",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SERIAL_TESTS):
+            item.add_marker(pytest.mark.serial)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     LOG_SCAN.install()  # again: a test may have replaced the root handlers (configure_logging)
 
@@ -118,6 +145,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for line in lines:
             reporter.write_line(line, red=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _logs_hold_no_secret() -> Iterator[None]:
+    """The log scan, per test: a leak fails the test that logged it (the session check above cannot fail a run from
+    a pytest-xdist worker; it still catches what background tasks log after a test ended)."""
+    before = len(LOG_SCAN.leaks)
+    yield
+    leaks = LOG_SCAN.leaks[before:]
+    if leaks:
+        pytest.fail("log records hold a secret or personal data:\n" + "\n".join(f"  {leak}" for leak in leaks[:20]))
+
 
 # Settings must never come from a developer's .env or shell during tests.
 for _name in list(os.environ):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +19,9 @@ from core.admin.health import refresh_gauges
 from core.platform import db_faults
 from core.services import Services
 from core.version import __version__
+from webhooks.api import add_routes as add_api_routes
 from webhooks.limits import LINGER_SECONDS, LISTEN_BACKLOG, ConnectionGuard, ConnectionLimits, ServerLog
+from webhooks.miniapp import add_routes as add_miniapp_routes
 
 SERVICES = web.AppKey("services", Services)
 GUARD = web.AppKey("connection_guard", ConnectionGuard)
@@ -31,22 +32,16 @@ access_log = logging.getLogger("cumapp.access")
 log = logging.getLogger(__name__)
 
 
-class JsonAccessLogger(AbstractAccessLogger):
-    """One JSON object per request, whatever LOG_FORMAT says, so the access log is machine-readable."""
+class AccessLogger(AbstractAccessLogger):
+    """One line per request. Its fields are the record's own, so with LOG_FORMAT=json they are fields of the line's
+    JSON object (not a JSON string inside it), and the line is encoded once."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        duration_ms = round(time * 1000, 2)
         self.logger.info(
-            json.dumps(
-                {
-                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                    "remote": request.remote,
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status,
-                    "bytes": response.body_length,
-                    "duration_ms": round(time * 1000, 2),
-                }
-            )
+            "%s %s %s %s ms", request.method, request.path, response.status, duration_ms,
+            extra={"remote": request.remote, "method": request.method, "path": request.path,
+                   "status": response.status, "bytes": response.body_length, "duration_ms": duration_ms},
         )
 
     @property
@@ -161,6 +156,8 @@ def create_app(services: Services, route_adders: list[RouteAdder] | None = None)
     app = _base_app(services)
     if services.settings.metrics_port is None:
         _add_operations_routes(app)
+    add_api_routes(app, services)  # the integrator API: /api/v1, /api/docs
+    add_miniapp_routes(app)  # the Mini App: /app, signed in by a session the API also accepts
     for add_routes in route_adders or []:
         add_routes(app)
     return app
@@ -198,7 +195,7 @@ class _GuardedSite(web.BaseSite):
 async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     limits = app[GUARD].limits
     runner = web.AppRunner(
-        app, access_log=access_log, access_log_class=JsonAccessLogger, logger=ServerLog(),
+        app, access_log=access_log, access_log_class=AccessLogger, logger=ServerLog(),
         keepalive_timeout=limits.keepalive, lingering_time=min(LINGER_SECONDS, limits.body_timeout),
     )
     await runner.setup()
@@ -209,6 +206,16 @@ async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRun
         await runner.cleanup()
         raise
     return runner, site.port
+
+
+class ListenError(OSError):
+    """The server cannot listen where the settings say (the port is taken, the address is not this machine's)."""
+
+    def __init__(self, host_setting: str, port_setting: str, host: str, port: int, error: OSError) -> None:
+        self.reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        super().__init__(error.errno, f"cannot listen on {host}:{port}: {self.reason}")
+        self.host_setting, self.port_setting = host_setting, port_setting
+        self.host, self.port = host, port
 
 
 class WebServer:
@@ -229,14 +236,20 @@ class WebServer:
         return self.app[GUARD]
 
     async def start(self) -> None:
-        runner, self.port = await _serve(self.app, self.host, self.port)
+        try:
+            runner, self.port = await _serve(self.app, self.host, self.port)
+        except OSError as error:
+            raise ListenError("HTTP_HOST", "HTTP_PORT", self.host, self.port, error) from error
         self._runners.append(runner)
         if self.metrics_port is not None:
             try:
                 operations = create_operations_app(self.app[SERVICES])
                 runner, self.metrics_port = await _serve(operations, self.metrics_host, self.metrics_port)
-            except BaseException:
+            except BaseException as error:
                 await self.stop()
+                if isinstance(error, OSError):
+                    raise ListenError("METRICS_HOST", "METRICS_PORT", self.metrics_host, self.metrics_port,
+                                      error) from error
                 raise
             self._runners.append(runner)
 

@@ -17,6 +17,7 @@ from core.messaging.gateway import TWILIO_SMS_PATH, TWILIO_STATUS_PATH
 from core.platform.clock import utcnow
 from core.providers.sms import parse_twilio_inbound, parse_twilio_status, validate_twilio_signature
 from core.services import Services
+from webhooks import media
 from webhooks.bodies import BadBody, read_form
 from webhooks.fits import check_inbound, check_media_count, check_status
 from webhooks.server import SERVICES
@@ -53,19 +54,28 @@ async def _signed_form(request: web.Request, services: Services) -> MultiDictPro
 Process = Callable[[Services, MultiDictProxy[str], datetime], Awaitable[str]]
 
 
+async def signed_form(request: web.Request, services: Services) -> MultiDictProxy[str] | web.Response:
+    """The form of a webhook signed by Twilio, or the answer to a body that cannot be one (400/413); a missing or
+    wrong signature raises 403. Shared by the SMS and the voice webhooks."""
+    try:
+        form = await _signed_form(request, services)
+    except BadBody as error:
+        _count(services, "too_large" if error.status == 413 else "malformed")
+        log.warning("twilio webhook %s from %s refused: %s", request.path, request.remote, error.reason)
+        return error.response()
+    if form is None:
+        _count(services, "forbidden")
+        raise web.HTTPForbidden(text="invalid signature")
+    return form
+
+
 def _handler(process: Process) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         received_at = utcnow()  # relay latency is measured from here
         services = request.app[SERVICES]
-        try:
-            form = await _signed_form(request, services)
-        except BadBody as error:
-            _count(services, "too_large" if error.status == 413 else "malformed")
-            log.warning("twilio webhook %s from %s refused: %s", request.path, request.remote, error.reason)
-            return error.response()
-        if form is None:
-            _count(services, "forbidden")
-            raise web.HTTPForbidden(text="invalid signature")
+        form = await signed_form(request, services)
+        if isinstance(form, web.Response):
+            return form
         try:
             outcome = await process(services, form, received_at)
         except ValueError as error:
@@ -98,6 +108,8 @@ async def _status(services: Services, form: MultiDictProxy[str], received_at: da
 
 
 def add_routes(app: web.Application) -> None:
-    """POST /webhooks/twilio/sms and /webhooks/twilio/status."""
+    """POST /webhooks/twilio/sms and /webhooks/twilio/status, and GET /media/{token} where Twilio fetches the
+    pictures of the MMS we send."""
     app.router.add_post(TWILIO_SMS_PATH, _handler(_inbound))
     app.router.add_post(TWILIO_STATUS_PATH, _handler(_status))
+    media.add_routes(app)

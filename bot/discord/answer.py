@@ -18,6 +18,8 @@ from bot.render import escape_markdown, plain_text, to_markdown
 if TYPE_CHECKING:
     from bot.discord.interactions import InteractionHandler
 
+ACKNOWLEDGED = 40060  # "Interaction has already been acknowledged."
+
 
 class Answer:
     """Answers one interaction: its one response (a message, an edit, a text box or a deferral), then follow-ups."""
@@ -27,12 +29,30 @@ class Answer:
         self.interaction = interaction
         self.ephemeral = ephemeral
         self.user_id = str(interaction.user.id)
+        # Another instance, which got the same gateway event, acknowledged it first: we answer by follow-up.
+        self.acknowledged_elsewhere = False
 
-    async def run(self, work: Coroutine[Any, Any, list[Screen]]) -> None:
-        """Runs the flow; if it is slow, the interaction is deferred in time and answered by follow-up."""
+    def responded(self) -> bool:
+        return self.acknowledged_elsewhere or self.interaction.response.is_done()
+
+    async def acknowledge(self) -> bool:
+        """Defers at once; False when Discord says the interaction was acknowledged already (by another
+        instance that got the same gateway event: whichever instance claims it in the database answers it)."""
+        try:
+            await self.defer()
+        except discord.HTTPException as error:
+            if already_acknowledged(error):
+                self.acknowledged_elsewhere = True
+                return False
+            raise
+        return True
+
+    async def run(self, work: Coroutine[Any, Any, list[Screen]], slow_seconds: float) -> None:
+        """Runs the flow and answers at once; if it is slow, the interaction is deferred in time and answered by
+        follow-up. Only for flows that may ask a question: a text box must be the first response."""
         task = asyncio.ensure_future(work)
         try:
-            done, _ = await asyncio.wait({task}, timeout=self.handler.slow_seconds)
+            done, _ = await asyncio.wait({task}, timeout=slow_seconds)
             if not done:
                 await self.defer()
         except asyncio.CancelledError:
@@ -47,7 +67,7 @@ class Answer:
     async def defer(self) -> None:
         """Tells Discord the answer is coming: a "thinking…" message for a command, nothing visible for a press."""
         response = self.interaction.response
-        if response.is_done():
+        if self.responded():
             return
         if self.interaction.type is discord.InteractionType.application_command or self.interaction.message is None:
             await response.defer(ephemeral=self.ephemeral, thinking=True)
@@ -64,13 +84,13 @@ class Answer:
         notes = [s for s in screens if s.toast and (s.alert or not visible)]
         for note in notes:
             await self._send(Rendered(content=escape_markdown(plain_text(note.toast or ""))), ephemeral=True)
-        if not self.interaction.response.is_done():
+        if not self.responded():
             # A press answered with nothing to show (a page-number button): acknowledged, nothing changes.
             await self.interaction.response.defer()
 
     def _can_open_text_box(self, screen: Screen) -> bool:
         return (
-            not self.interaction.response.is_done()
+            not self.responded()
             and self.interaction.type is not discord.InteractionType.modal_submit
             and not screen.buttons and screen.on_sent is None
         )
@@ -99,7 +119,7 @@ class Answer:
     async def _edit(self, rendered: Rendered, message_id: int) -> None:
         interaction = self.interaction
         kwargs = rendered.edit_kwargs()
-        if not interaction.response.is_done():
+        if not self.responded():
             await interaction.response.edit_message(**kwargs)
         else:
             await interaction.edit_original_response(**kwargs)
@@ -110,7 +130,7 @@ class Answer:
         for piece in rendered.before:
             await self._send(Rendered(content=piece), ephemeral=ephemeral)
         kwargs = rendered.send_kwargs()
-        if not interaction.response.is_done():
+        if not self.responded():
             callback = await interaction.response.send_message(ephemeral=ephemeral, **kwargs)
             message_id = callback.message_id
             if message_id is None:
@@ -122,6 +142,11 @@ class Answer:
             editor = _followup_editor(interaction, sent.id)
         self.handler.shown.record(message_id, rendered.view, editor)
         return message_id
+
+
+def already_acknowledged(error: BaseException) -> bool:
+    """Discord's 40060: the interaction has a response already, given by another instance."""
+    return isinstance(error, discord.HTTPException) and error.code == ACKNOWLEDGED
 
 
 def _followup_editor(interaction: discord.Interaction[Any], message_id: int) -> Editor:

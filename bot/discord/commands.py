@@ -32,7 +32,8 @@ Source = Callable[[discord.Interaction[Any], str], Awaitable[list[Choice[str]]]]
 
 
 class OnCommand(Protocol):
-    async def __call__(self, interaction: discord.Interaction[Any], name: str, text: str, *, private: bool) -> None:
+    async def __call__(self, interaction: discord.Interaction[Any], name: str, text: str, *, private: bool,
+                       asks: bool = False) -> None:
         ...
 
 
@@ -54,7 +55,7 @@ _USER = Option("user", "dc_opt_user")
 OPTIONS: dict[str, tuple[Option, ...]] = {
     **{name: () for name in (
         "start", "help", "numbers", "inbox", "balance", "topup", "history", "settings", "cancel", "suggest",
-        "templates", "health",
+        "templates", "health", "subscribe",
     )},
     "stats": (Option("period", "dc_opt_period", required=False, choices=tuple(STATS_PERIODS)),),
     "verify": (Option("service", "dc_opt_service", required=False, autocomplete="services"),),
@@ -72,6 +73,13 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     "refund": (Option("payment", "dc_opt_payment", kind=int),),
 }
 FREE_TEXT = (Option("text", "dc_opt_text", required=False),)
+
+
+def may_ask(name: str, values: dict[str, Any] | None = None) -> bool:
+    """Whether the command's flow may answer with a question (which opens a text box): it takes free text, and
+    none was given. Such a command runs before its first response; every other one is acknowledged first."""
+    options = OPTIONS.get(name, FREE_TEXT)
+    return any(option.name == "text" for option in options) and not (values or {}).get("text")
 
 
 def command_text(options: tuple[Option, ...], values: dict[str, Any]) -> str:
@@ -126,7 +134,8 @@ class SlashCommands:
 
         async def run(interaction: discord.Interaction[Any], **values: Any) -> None:
             text = command_text(options, values)
-            await self.on_command(interaction, spec.name, text, private=spec.private or spec.admin)
+            await self.on_command(interaction, spec.name, text, private=spec.private or spec.admin,
+                                  asks=may_ask(spec.name, values))
 
         parameters = [inspect.Parameter("interaction", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                         annotation=discord.Interaction)]

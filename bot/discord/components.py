@@ -134,10 +134,14 @@ class TimedView(discord.ui.View):
 
 
 class TextBox(discord.ui.Modal):
-    """Asks for one text; the submitted text goes to router.handle_text, answering `reply_to` when given."""
+    """Asks for one text; the submitted text goes to router.handle_text, answering `reply_to` when given.
+
+    With `picture_label` (a reply box) it also takes one optional file, Discord's modal file upload (discord.py
+    2.7): a picture sent in reply, the text its caption. The text is then optional too, as a photo's caption is."""
 
     def __init__(self, handler: InteractionHandler, shown: ShownMessages, *, title: str, label: str,
-                 question: str | None, placeholder: str | None, reply_to: SentRef | None) -> None:
+                 question: str | None, placeholder: str | None, reply_to: SentRef | None,
+                 picture_label: str | None = None) -> None:
         super().__init__(title=short(title, MAX_MODAL_TITLE) or "CumApp", timeout=MODAL_TIMEOUT)
         self.handler = handler
         self.shown = shown
@@ -146,12 +150,18 @@ class TextBox(discord.ui.Modal):
             self.add_item(discord.ui.TextDisplay(question[:MAX_ANSWER]))
         self.answer: discord.ui.TextInput[Any] = discord.ui.TextInput(
             style=discord.TextStyle.paragraph, max_length=MAX_ANSWER,
-            placeholder=short(placeholder, 100) if placeholder else None,
+            placeholder=short(placeholder, 100) if placeholder else None, required=picture_label is None,
         )
         self.add_item(discord.ui.Label(text=short(label, 45), component=self.answer))
+        self.picture: discord.ui.FileUpload[Any] | None = None
+        if picture_label is not None:
+            self.picture = discord.ui.FileUpload(required=False, min_values=0, max_values=1)
+            self.add_item(discord.ui.Label(text=short(picture_label, 45), component=self.picture))
 
     async def on_submit(self, interaction: discord.Interaction[Any], /) -> None:
-        await self.handler.on_text(interaction, self.answer.value or "", self.reply_to)
+        files = self.picture.values if self.picture is not None else []
+        await self.handler.on_text(interaction, self.answer.value or "", self.reply_to,
+                                   attachment=files[0] if files else None)
 
     async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:
         await self.handler.report_error(interaction, error)

@@ -18,7 +18,9 @@ MAX_LABEL = 80
 MAX_DESCRIPTION = 100
 MAX_MODAL_TITLE = 45
 MAX_ANSWER = 4000
-# After this long without an answer the interaction is deferred: Discord drops it unanswered at 3 s.
+# An interaction whose answer may be a text box (which only a first response can open) runs before it is
+# acknowledged; after this long it is deferred: Discord drops it unanswered at 3 s. Every other one is
+# deferred at once.
 SLOW_SECONDS = 1.0
 AUTOCOMPLETE_SECONDS = 2.0
 # A menu's buttons are disabled this long after it was shown; it must end inside the 15 minutes an

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ from core.platform.i18n import DEFAULT_LANGUAGE, LANGUAGES, t
 from core.services import Services
 
 log = logging.getLogger(__name__)
+
+LOCALE_SECONDS = 600.0
+LOCALE_CACHE_SIZE = 10_000
 
 
 @dataclass
@@ -151,16 +155,32 @@ class ScreenRenderer:
         self.shown = shown
         self.tasks = tasks
         self.view_timeout = view_timeout
+        self._locales: dict[str, tuple[float, str]] = {}
 
     async def locale_for(self, platform_user_id: str) -> str:
-        """The account's language, for the few words the adapter adds itself (a Reply button, a text box)."""
+        """The account's language, for the few words the adapter adds itself (a Reply button, a text box).
+
+        Remembered for a while: a Reply button opens its text box as the interaction's first response, which
+        should not wait for the database. Every interaction of the user forgets it (`forget_locale`), so a
+        language changed here shows at once; one changed on another platform shows within LOCALE_SECONDS."""
+        now = time.monotonic()
+        known = self._locales.get(platform_user_id)
+        if known is not None and known[0] > now:
+            return known[1]
         async with self.services.db.read() as session:
             locale = await session.scalar(
                 select(User.locale).join(ChatIdentity, ChatIdentity.user_id == User.id).where(
                     ChatIdentity.platform == PLATFORM, ChatIdentity.platform_user_id == platform_user_id
                 )
             )
-        return locale if locale in LANGUAGES else DEFAULT_LANGUAGE
+        locale = locale if locale in LANGUAGES else DEFAULT_LANGUAGE
+        if len(self._locales) >= LOCALE_CACHE_SIZE:
+            self._locales.clear()  # rare (thousands of users within minutes): start afresh rather than track age
+        self._locales[platform_user_id] = (now + LOCALE_SECONDS, locale)
+        return locale
+
+    def forget_locale(self, platform_user_id: str) -> None:
+        self._locales.pop(platform_user_id, None)
 
     async def render(self, screen: Screen, user_id: str, *, interactive: bool, previews: bool = False,
                      photo_url: str | None = None) -> Rendered:

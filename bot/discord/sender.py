@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from typing import Any
 
 import aiohttp
@@ -84,7 +85,9 @@ class DiscordSender:
             screen_from_outgoing(message), chat_id, interactive=False, previews=not message.disable_preview,
             photo_url=message.photo_url,
         )
-        edit_id = getattr(message, "edit_message_id", None)
+        # Files (a voicemail, pictures) go as attachments of the message; a new message, never an edit.
+        rendered.files.extend(discord.File(io.BytesIO(item.data), filename=item.filename) for item in message.attachments)
+        edit_id = None if message.attachments else getattr(message, "edit_message_id", None)
         if edit_id and await self._edit(chat_id, str(edit_id), rendered):
             return str(edit_id)
         channel = await self._channel(chat_id)

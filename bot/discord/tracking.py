@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import discord
@@ -90,3 +91,21 @@ class InFlight:
     def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+
+class SeenInteractions:
+    """The interaction ids this process has taken on lately, so that a repeat (a gateway resume replaying
+    INTERACTION_CREATE) is dropped before anything is sent or read; another instance's copy is refused by Discord
+    itself (a second acknowledgement fails with 40060) and by the database claim after it."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._ids: OrderedDict[int, None] = OrderedDict()
+
+    def first(self, interaction_id: int) -> bool:
+        if interaction_id in self._ids:
+            return False
+        self._ids[interaction_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True

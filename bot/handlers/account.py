@@ -9,9 +9,13 @@ from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
 from core.models import User
 from core.money import accounts, history, limits
+from core.money.sandbox_topup import topup_available
 from core.platform.i18n import LANGUAGES, Html, money, t
+from core.platform.phone import InvalidPhoneNumber, format_international
 
 HISTORY_PAGE = 10
+PURPOSES = ("verification", "sms", "number", "subscription")
+GIVEN_BACK = ("released", "refunded")
 
 
 @command("balance")
@@ -25,13 +29,19 @@ async def balance(req: Request) -> Screen:
     text = req.t(
         "balance", available=money(user.available_cents), held=money(user.held_cents), tier=user.tier,
         v_today=use.verifications_today, v_day=lim.verifications_per_day, v_open=use.verifications_open,
-        v_once=lim.verifications_at_once, sms_today=use.sms_today, sms_day=lim.sms_per_day,
+        v_once=lim.verifications_at_once,
+        v_refunded=req.t("balance_refunded", count=use.verifications_refunded) if use.verifications_refunded else "",
+        sms_today=use.sms_today, sms_day=lim.sms_per_day,
         numbers=use.numbers_owned, numbers_max=lim.numbers_owned, ai_today=f"{use.ai_tokens_today:,}",
         ai_day=f"{lim.ai_tokens_per_day:,}",
     )
     return Screen(
         text,
-        buttons=[[Button(req.t("btn_topup"), action="cmd:topup"), Button(req.t("btn_history"), action="hist:0")]],
+        buttons=[[
+            *([Button(req.t("btn_topup"), action="cmd:topup")]
+              if topup_available(req.services.settings, req.services.plan, req.contact.platform) else []),
+            Button(req.t("btn_history"), action="hist:0"),
+        ]],
         edit=req.is_button,
     )
 
@@ -56,14 +66,29 @@ async def _history_page(req: Request, offset: int) -> Screen:
     if total == 0:
         return Screen(req.t("history_empty"), edit=req.is_button)
     lines = [req.t("history_title", first=offset + 1, last=offset + len(entries), total=total)]
-    for entry in entries:
-        shown = entry.amount_cents if entry.kind not in ("hold", "release") else -entry.held_delta_cents
-        note = f" · {entry.note}" if entry.note else ""
+    for line in entries:
+        when = line.created_at.strftime("%Y-%m-%d %H:%M")
+        note = f" · {line.note}" if line.note else ""
+        if line.kind == "purchase":
+            # One line per purchase: its price, and whether it is still held, charged or given back.
+            what = req.t(f"purpose_{line.purpose}" if line.purpose in PURPOSES else "kind_purchase")
+            detail = f" {_shown_detail(line.purpose, line.detail)}" if line.detail else ""
+            lines.append(req.t(
+                "history_purchase_line", when=when, what=what, detail=detail,
+                # Struck through when the money came back: the line then changed nothing.
+                amount=Html(f"<s>{money(line.amount_cents)}</s>") if line.outcome in GIVEN_BACK
+                else money(line.amount_cents),
+                outcome=req.t(f"outcome_{line.outcome}"),
+            ))
+            continue
+        if line.kind == "renewal" and line.detail:
+            lines.append(req.t(
+                "history_renewal_line", when=when, number=_shown_detail("number", line.detail),
+                amount=money(line.amount_cents),
+            ))
+            continue
         lines.append(
-            req.t(
-                "history_line", when=entry.created_at.strftime("%Y-%m-%d %H:%M"), kind=req.t(f"kind_{entry.kind}"),
-                amount=money(shown), note=note,
-            )
+            req.t("history_line", when=when, kind=req.t(f"kind_{line.kind}"), amount=money(line.amount_cents), note=note)
         )
     nav: list[Button] = []
     if offset > 0:
@@ -73,6 +98,16 @@ async def _history_page(req: Request, offset: int) -> Screen:
     buttons = [nav] if nav else []
     buttons.append([Button(req.t("btn_export_csv"), action="histcsv")])
     return Screen(Html("\n".join(lines)), buttons=buttons, edit=req.is_button)
+
+
+def _shown_detail(purpose: str | None, detail: str) -> str:
+    """A service's name as it is; a number as people write it (+1 415-555-0100). Plain text: `t` escapes it."""
+    if purpose in ("sms", "number"):
+        try:
+            return format_international(detail)
+        except InvalidPhoneNumber:
+            pass
+    return detail
 
 
 @action("histcsv")

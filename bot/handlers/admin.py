@@ -8,13 +8,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.handlers.account import find_user, user_by_id
+from bot.handlers.apikey import admin_key_section
 from bot.handlers.args import arg_id, arg_offset, parse_id
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Screen, toast
 from bot.render import plain_text
-from core.admin import audit
+from core.admin import audit, users
 from core.models import ChatIdentity, Message, Payment, User, Verification
 from core.money import accounts, ledger, limits, payments
+from core.money.accounts import AccountError
 from core.platform.i18n import AmountOutOfRange, Html, escape, money, parse_dollars
 from core.platform.settings import TIER_NAMES
 
@@ -86,7 +88,7 @@ async def _set_status(req: Request, user_id: int, status: str, card: tuple[str, 
         actor = await session.get(User, req.user.id)
         target = await session.get(User, user_id, with_for_update=True)
         assert actor is not None and target is not None
-        changed = await accounts.set_status(session, actor, target, status)
+        changed = await users.set_status(session, req.services.settings, actor, target, status)
     if status == "banned":
         return Screen(req.t("ban_done" if changed else "ban_already", user=user_id))
     return Screen(req.t("unban_done" if changed else "unban_already", user=user_id))
@@ -150,6 +152,7 @@ async def _card(req: Request, user_id: int, nonce: str, *, edit: bool = False) -
                 select(Message).where(Message.user_id == user_id).order_by(Message.id.desc()).limit(5)
             )
         ).all()
+        key_lines, key_buttons = await admin_key_section(req, session, user_id)
     who = ", ".join(
         f"{i.platform} {i.platform_user_id}" + (f" @{i.username}" if i.username else "") for i in identities
     )
@@ -169,6 +172,7 @@ async def _card(req: Request, user_id: int, nonce: str, *, edit: bool = False) -
         lines = "\n".join(f"#{m.id} {m.direction} {escape(m.to_e164 if m.direction == 'outbound' else m.from_e164)}"
                           f" · {m.status}" for m in recent_m)
         text = Html(text + req.t("user_recent_messages", lines=Html(lines)))
+    text = Html(text + key_lines)
     next_tier = TIER_NAMES[(TIER_NAMES.index(user.tier) + 1) % len(TIER_NAMES)]
     status_button = (
         Button(req.t("btn_user_unban"), action=f"adm:unban:{user_id}:{nonce}")
@@ -180,6 +184,7 @@ async def _card(req: Request, user_id: int, nonce: str, *, edit: bool = False) -
          Button(req.t("btn_user_tier", tier=next_tier), action=f"adm:tier:{user_id}:{next_tier}:{nonce}")],
         [Button(req.t("btn_user_grant"), action=f"adm:grant:{user_id}:{nonce}"),
          Button(req.t("btn_user_audit"), action=f"adm:audit:{user_id}")],
+        *key_buttons,
     ]
     return Screen(text, buttons=buttons, edit=edit)
 
@@ -208,6 +213,10 @@ async def user_card_action(req: Request) -> Screen:
             answer = await _set_tier(req, user_id, req.args[2], card)
         else:
             answer = await _grant(req, user_id, CARD_GRANT_CENTS, "from /user card", f"card:{nonce}", card)
+    except AccountError as refused:
+        # A refused ban (one's own account, the last admin) leaves the card as it is, with the reason.
+        return toast(plain_text(req.t(f"error_{refused.reason}", **{k: str(v) for k, v in refused.details.items()})),
+                     alert=True)
     except _CardUsed as used:
         if used.claimed is None:
             return toast(req.t("admin_card_expired"), alert=True)

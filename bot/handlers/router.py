@@ -19,6 +19,7 @@ from core.models import KeyValue, OutboxDelivery, User
 from core.money import accounts, ledger
 from core.money.accounts import AccountError, Contact
 from core.money.limits import LimitReached
+from core.money.sandbox_topup import topup_available
 from core.platform.clock import utcnow
 from core.platform.db_faults import database_unavailable, describe
 from core.platform.i18n import Html, money, t
@@ -28,6 +29,22 @@ log = logging.getLogger(__name__)
 
 Answer = Screen | list[Screen] | None
 Flow = Callable[["Request"], Awaitable[Answer]]
+
+
+@dataclass(frozen=True)
+class IncomingFile:
+    """A picture the user sent, as the adapter downloaded it; `key` is unique per platform message, so a
+    redelivered message sends (and charges) once."""
+
+    data: bytes
+    content_type: str
+    key: str
+    # The size the platform declared, when the adapter left a file over MEDIA_MAX_BYTES undownloaded.
+    declared_size: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.declared_size if self.declared_size is not None else len(self.data)
 
 
 @dataclass
@@ -46,6 +63,7 @@ class Request:
     is_button: bool = False
     new_account: bool = False
     prompt_data: dict[str, Any] | None = None  # set when this text answers a prompt the flow asked for
+    file: IncomingFile | None = None  # a picture sent with the text (its caption), e.g. in reply to a relayed SMS
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -138,6 +156,13 @@ async def set_prompt(req: Request, action_id: str, **data: Any) -> None:
         else:
             row.value = value
             row.expires_at = utcnow() + PROMPT_TTL
+
+
+async def has_prompt(services: Services, contact: Contact) -> bool:
+    """A question waits for this user's next text (the terminal then takes a typed number as the answer)."""
+    async with services.db.read() as session:
+        row = await session.get(KeyValue, _prompt_key(contact))
+        return row is not None and (row.expires_at is None or row.expires_at >= utcnow())
 
 
 async def pop_prompt(services: Services, contact: Contact) -> dict[str, Any] | None:
@@ -233,7 +258,8 @@ def _expected_error(req: Request, error: Exception) -> Screen | None:
     if isinstance(error, ledger.InsufficientFunds):
         return Screen(
             req.t("error_insufficient_funds", needed=money(error.needed_cents), available=money(error.available_cents)),
-            buttons=[[Button(req.t("btn_topup"), action="cmd:topup")]],
+            buttons=[[Button(req.t("btn_topup"), action="cmd:topup")]]
+            if topup_available(req.services.settings, req.services.plan, req.contact.platform) else [],
         )
     for mapper in ERROR_MAPPERS:
         answer = mapper(req, error)
@@ -385,9 +411,11 @@ async def handle_edited_command(
 
 
 async def handle_text(
-    services: Services, contact: Contact, text: str, *, reply_to: SentRef | None = None, in_group: bool = False
+    services: Services, contact: Contact, text: str, *, reply_to: SentRef | None = None, in_group: bool = False,
+    file: IncomingFile | None = None,
 ) -> list[Screen]:
-    """Plain text: an answer to a pending prompt, a reply to a relayed message, or a hint to /help."""
+    """Plain text: an answer to a pending prompt, a reply to a relayed message, or a hint to /help. With a `file`
+    (a picture, `text` its caption) only a reply kind registered as `<kind>:file` takes it."""
     if in_group:
         return []
     req, refusal = await _gate(services, contact, "text", is_button=False)
@@ -395,6 +423,14 @@ async def handle_text(
         return refusal
     req.text = text.strip()
     req.args = req.text.split()
+    if file is not None:
+        req.file = file
+        context = await _reply_context(services, reply_to) if reply_to is not None else None
+        flow = REPLY_KINDS.get(f"{context.get('kind')}:file") if context is not None else None
+        if context is None or flow is None:
+            return [Screen(req.t("mms_needs_reply"))]
+        req.message, req.reply_context = reply_to, context
+        return await _run(req, flow)
     if reply_to is not None:
         context = await _reply_context(services, reply_to)
         if context is not None and context.get("kind") in REPLY_KINDS:

@@ -28,6 +28,7 @@ class Button:
     action: str | None = None
     url: str | None = None
     copy_text: str | None = None
+    web_app: bool = False  # open `url` as a Telegram Mini App (https only); other platforms show the link
 
     def __post_init__(self) -> None:
         if self.action is not None and len(self.action.encode()) > MAX_ACTION_BYTES:

@@ -13,8 +13,8 @@ from core.messaging.errors import InvalidNumber
 from core.messaging.relay import STATUS_ICONS, display_number, sent_text
 from core.messaging.results import ConversationView
 from core.messaging.service import MessagingService
-from core.platform.i18n import Html
-from core.platform.phone import InvalidPhoneNumber, normalize
+from core.platform.i18n import Html, money
+from core.platform.phone import InvalidPhoneNumber, country_name, normalize
 
 INBOX_PAGE = 8
 HISTORY_PAGE = 10
@@ -75,11 +75,30 @@ async def _send(req: Request, to: str, body: str, from_number_id: int | None) ->
 
 @command("sms")
 async def sms(req: Request) -> Screen:
-    """`/sms <to> <text>` sends at once; without arguments, a usage line and a prompt for both."""
+    """`/sms <to> <text>` sends at once; without arguments, a usage line with the price and a prompt for both."""
     if not req.text:
         await set_prompt(req, "sms_compose")
-        return Screen(req.t("sms_usage"), prompt=req.t("sms_compose_placeholder"))
+        text = req.t("sms_usage")
+        owned = await _messaging(req).list_numbers(req.user.id)
+        if owned:
+            # The price before anything is sent: a one-part text to a number of the user's own country.
+            quote = await _messaging(req).quote_sms(req.user.id, None, country=owned[-1].country or "US")
+            hint = req.t(
+                "sms_price_hint_country", country=country_name(quote.country, req.locale),
+                price=money(quote.price_cents),
+            )
+            text = Html(f"{text}\n{hint}")
+        return Screen(text, prompt=req.t("sms_compose_placeholder"))
     return await _compose(req, req.text)
+
+
+async def text_prompt(req: Request, to: str, from_number_id: int | None = None) -> Screen:
+    """Asks for the text of an SMS to `to` (already checked), with what a one-part text costs."""
+    await set_prompt(req, "sms_compose", **({"to": to, "from": from_number_id} if from_number_id else {"to": to}))
+    quote = await _messaging(req).quote_sms(req.user.id, to, from_number_id=from_number_id)
+    prompt = req.t("sms_text_prompt", number=display_number(quote.to_e164))
+    hint = req.t("sms_price_hint", price=money(quote.price_cents))
+    return Screen(Html(f"{prompt}\n{hint}"), prompt=req.t("sms_text_placeholder"))
 
 
 @action("sms_compose")
@@ -89,7 +108,8 @@ async def compose(req: Request) -> Screen:
         return await sms(req)
     to = (req.prompt_data or {}).get("to")
     if to:
-        return await _send(req, str(to), req.text, None)
+        from_id = (req.prompt_data or {}).get("from")  # New SMS from one number's screen
+        return await _send(req, str(to), req.text, int(from_id) if isinstance(from_id, int) else None)
     return await _compose(req, req.text)
 
 
@@ -101,8 +121,7 @@ async def _compose(req: Request, text: str) -> Screen:
             normalize(to, region)
         except InvalidPhoneNumber as error:
             raise InvalidNumber(to, error.reason) from None
-        await set_prompt(req, "sms_compose", to=to)
-        return Screen(req.t("sms_text_prompt", number=to), prompt=req.t("sms_text_placeholder"))
+        return await text_prompt(req, to)
     return await _send(req, to, body, None)
 
 

@@ -57,7 +57,7 @@ def _period_buttons(req: Request, current: str) -> list[list[Button]]:
 
 async def _stats(req: Request, period: str) -> list[Screen]:
     summary, series = await stats.collect(req.db, period)
-    # matplotlib is CPU work: off the event loop, so other chats keep being answered meanwhile.
+    # Drawing the charts is CPU work (~40 ms): off the event loop, so other chats keep being answered meanwhile.
     charts = await asyncio.to_thread(stats.render_charts, series, req.locale)
     unit = req.t(f"st_unit_{series.unit}")
     screens = [Screen(summary_text(req, summary), buttons=_period_buttons(req, period), edit=req.is_button)]

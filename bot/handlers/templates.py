@@ -18,6 +18,7 @@ from bot.handlers.router import Request, action, command, maps_errors, pop_promp
 from bot.handlers.screens import Button, Screen, toast
 from core.ai.service import AiTextTooLong, ConversationRef
 from core.messaging import templates
+from core.messaging.relay import display_number
 from core.messaging.templates import Template, TemplateError
 from core.models import KeyValue
 from core.platform.clock import utcnow
@@ -93,12 +94,29 @@ def _pairs(buttons: list[Button]) -> list[list[Button]]:
     return [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
 
 
-async def _list(req: Request, *, edit: bool, notice: Html | None = None) -> Screen:
+async def _list(
+    req: Request, *, edit: bool, notice: Html | None = None, services: list[str] | None = None,
+    number: str | None = None,
+) -> Screen:
+    """The general built-ins, those of `services` (by default the services the user verifies with), and the
+    user's own; `number` names the number whose services these are."""
     builtins = templates.builtin_templates(req.locale)
+    if services is None:
+        async with req.db.read() as session:
+            services = await templates.services_of_user(session, req.user.id)
     own = await _own_templates(req)
     lines = [notice, ""] if notice else []
     lines.append(req.t("tpl_list_title"))
+    if number is not None:
+        lines.append(req.t("tpl_for_number", number=number))
     lines.append(req.t("tpl_section_builtin", names=", ".join(b.name for b in builtins)))
+    per_service = [(s, templates.service_templates(s, req.locale)) for s in services]
+    per_service = [(s, found) for s, found in per_service if found]
+    for service, found in per_service:
+        lines.append(
+            req.t("tpl_section_service", service=templates.SERVICE_TEMPLATES[service].name,
+                  names=", ".join(tpl.name for tpl in found))
+        )
     if own:
         lines.append(
             req.t(
@@ -108,16 +126,41 @@ async def _list(req: Request, *, edit: bool, notice: Html | None = None) -> Scre
         )
     else:
         lines.append(req.t("tpl_none_own"))
-    buttons = _pairs([Button(_label(req, "tpl_btn_builtin", name=b.name), action=f"tpl:open:{b.ref}")
-                      for b in builtins])
+    shown = builtins + [tpl for _, found in per_service for tpl in found]
+    buttons = _pairs([Button(_label(req, "tpl_btn_builtin", name=b.name), action=f"tpl:open:{b.ref}") for b in shown])
     buttons += _pairs([Button(_label(req, "tpl_btn_own", name=o.name), action=f"tpl:open:{o.ref}") for o in own])
     buttons.append([Button(req.t("tpl_btn_new"), action="tpl:new"), Button(req.t("tpl_btn_ai"), action="tpl:ai")])
+    buttons.append([Button(req.t("tpl_btn_by_service"), action="tpl:svc")])
     return Screen(Html("\n".join(lines)), buttons=buttons, edit=edit)
+
+
+async def _for_number(req: Request, args: list[str]) -> Screen:
+    """`tpl:num:<number>`: the templates of the services this number is used with, and the user's own."""
+    number_id = arg_id(args, 0)
+    messaging = req.services.messaging
+    if number_id is None or messaging is None:
+        return toast(req.t("error_stale_button"))
+    number = await messaging.owned_number(req.user.id, number_id)
+    async with req.db.read() as session:
+        services = await templates.services_of_number(session, req.user.id, number.e164)
+    return await _list(req, edit=req.is_button, services=services, number=display_number(number.e164))
+
+
+async def _by_service(req: Request, args: list[str]) -> Screen:
+    """`tpl:svc`: the services with a built-in set; `tpl:svc:<service>`: that service's set and the user's own."""
+    if args:
+        if args[0] not in templates.SERVICE_TEMPLATES:
+            return toast(req.t("error_stale_button"))
+        return await _list(req, edit=req.is_button, services=[args[0]])
+    buttons = _pairs([Button(s.name, action=f"tpl:svc:{s.service}") for s in templates.SERVICE_TEMPLATES.values()])
+    buttons.append([Button(req.t("tpl_btn_list"), action="tpl:list")])
+    return Screen(req.t("tpl_pick_service"), buttons=buttons, edit=req.is_button)
 
 
 @command("templates")
 async def templates_command(req: Request) -> Screen:
-    """The built-in templates and the user's own, each a button; plus New and Draft with AI."""
+    """The built-in templates (general, and those of the services the user uses) and the user's own, each a
+    button; plus New, Draft with AI and the sets of other services."""
     return await _list(req, edit=False)
 
 
@@ -159,10 +202,11 @@ async def _card(req: Request, ref: str, *, edit: bool, notice: Html | None = Non
 
 
 def _template_ref(args: list[str], index: int) -> str | None:
-    """A template ref from a button: `b.<name>` (built in) or `u.<id>` with an id in range; None otherwise."""
+    """A template ref from a button: `b.<name>` and `s.<service>.<name>` (built in) or `u.<id>` with an id in range;
+    None otherwise."""
     ref = args[index] if 0 <= index < len(args) else ""
     kind, _, key = ref.partition(".")
-    if (kind == "b" and key) or (kind == "u" and parse_id(key) is not None):
+    if (kind in ("b", "s") and key) or (kind == "u" and parse_id(key) is not None):
         return ref
     return None
 
@@ -518,6 +562,8 @@ async def _ai_body_typed(req: Request, args: list[str]) -> Screen:
 
 _VERBS: dict[str, Verb] = {
     "list": _show_list,
+    "num": _for_number,
+    "svc": _by_service,
     "open": _open,
     "use": _use,
     "val": _typed_value,

@@ -1,24 +1,46 @@
-"""Top-up with Telegram Stars: offers, the invoice, pre-checkout validation and the one credit per charge.
+"""Top-up: simulated credit in the sandbox; else Telegram Stars (offers, invoice, pre-checkout, one credit per charge).
 
-No real money is taken while people of a real chat are sold simulated goods (core.providers.plan): /topup then says
-it is a sandbox, no invoice is sent, and pre-checkout refuses an invoice sent before."""
+While everything the balance buys is simulated, /topup offers $5, $10 and $25 of simulated credit on every platform
+(core.money.sandbox_topup). No real money is taken while people of a real chat are sold simulated goods
+(core.providers.plan): /topup then says it is a sandbox, no invoice is sent, and pre-checkout refuses an invoice sent
+before."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Invoice, Screen, toast
 from bot.handlers.selling import is_simulated
 from core.models import User
-from core.money import payments
+from core.money import offers, payments, sandbox_topup
 from core.money.accounts import Contact, find_identity
-from core.platform.i18n import money, t
+from core.platform.i18n import Html, money, t
 from core.providers.plan import simulated_for_real_users
 from core.services import Services
+
+# sbt:<offer token>:<cents>: one credit per /topup screen, so a double press or an old screen adds nothing more.
+ACTION_SANDBOX_CREDIT = "sbt"
+SANDBOX_OFFER_KIND = "sbtopup"
+SANDBOX_OFFER_TTL = timedelta(minutes=30)
+
+
+async def _sandbox_offer(req: Request, text: Html) -> Screen:
+    token = await offers.make(req.db, SANDBOX_OFFER_KIND, req.user.id, {}, SANDBOX_OFFER_TTL)
+    buttons = [[
+        Button(req.t("btn_sandbox_credit", amount=money(cents)), action=f"{ACTION_SANDBOX_CREDIT}:{token}:{cents}")
+        for cents in sandbox_topup.AMOUNTS_CENTS
+    ]]
+    return Screen(text, buttons=buttons, edit=req.is_button)
 
 
 @command("topup")
 async def topup(req: Request) -> Screen:
-    """The amounts on offer, as buttons; each opens a Stars invoice."""
+    """The amounts on offer, as buttons: simulated credit in the sandbox, else each opens a Stars invoice."""
+    if sandbox_topup.offered(req.services.plan):
+        return await _sandbox_offer(
+            req, req.t("topup_sandbox_credit", available=money(req.user.available_cents))
+        )
     if req.contact.platform != "telegram":
         return Screen(req.t("topup_only_telegram"))
     if is_simulated(req):
@@ -28,6 +50,23 @@ async def topup(req: Request) -> Screen:
         for offer in payments.offers(req.services.settings)
     ]
     return Screen(req.t("topup_title"), buttons=buttons, edit=req.is_button)
+
+
+@action(ACTION_SANDBOX_CREDIT)
+async def sandbox_credit(req: Request) -> Screen:
+    """Adds the simulated credit of the pressed button, once per /topup screen, and offers more."""
+    if not sandbox_topup.offered(req.services.plan) or len(req.args) != 2 or not req.args[1].isdigit():
+        return toast(req.t("error_stale_button"))
+    cents = int(req.args[1])
+    if cents not in sandbox_topup.AMOUNTS_CENTS:
+        return toast(req.t("error_stale_button"))
+    async with offers.redeem(req.db, SANDBOX_OFFER_KIND, req.user.id, req.args[0]):
+        async with req.db.transaction() as session:
+            await sandbox_topup.credit(session, req.user.id, cents, f"{req.user.id}:{req.args[0]}")
+            user = await session.get(User, req.user.id, populate_existing=True)
+            assert user is not None
+            available = user.available_cents
+    return await _sandbox_offer(req, req.t("topup_sandbox_done", amount=money(cents), available=money(available)))
 
 
 @action("pay")

@@ -80,9 +80,12 @@ def _verification_id(req: Request) -> int:
     return verification_id
 
 
-def _status_screen(req: Request, verification: Verification, *, edit: bool, toast_text: str | None = None) -> Screen:
+def _status_screen(
+    req: Request, verification: Verification, *, edit: bool, toast_text: str | None = None,
+    same_number: str | None = "unknown",
+) -> Screen:
     """The live status; its chat message id is stored so the service can edit it when the state moves on."""
-    screen = screen_from_outgoing(status_message(verification, req.locale))
+    screen = screen_from_outgoing(status_message(verification, req.locale, same_number=same_number))
     screen.edit = edit
     screen.toast = toast_text
     if verification.state in _LIVE_STATES:
@@ -214,29 +217,73 @@ async def report(req: Request) -> Screen:
 
 @action(ACTION_ANOTHER)
 async def another(req: Request) -> Screen:
-    """Gives this number back and rents a new one for the same service, in the same message."""
-    verification = await _service(req).another_number(req.user.id, _verification_id(req))
-    return _status_screen(req, verification, edit=True)
+    """Gives this number back (money back) and shows a new one's price with Confirm: every purchase is confirmed."""
+    service, verification_id = _service(req), _verification_id(req)
+    old = await service.get(req.user.id, verification_id)
+    if old.state == "active":
+        try:
+            await service.cancel(req.user.id, verification_id)
+        except VerificationError:
+            pass  # the code or a parallel press got there first; the price screen is still what was asked
+    return await _price_screen(req, old.service)
 
 
 @action(ACTION_DONE)
 async def done(req: Request) -> Screen:
     verification = await _service(req).complete(req.user.id, _verification_id(req))
-    return _status_screen(req, verification, edit=True, toast_text=req.t("vf_done_toast"))
+    return _status_screen(
+        req, verification, edit=True, toast_text=req.t("vf_done_toast"), same_number=await _same_number(req, verification)
+    )
 
 
 @action(ACTION_REUSE)
 async def reuse(req: Request) -> Screen:
-    """The same number again (when the provider offers it), as a new status message."""
-    verification = await _service(req).reuse(req.user.id, _verification_id(req))
-    return _status_screen(req, verification, edit=False)
+    """"Same number again" on cards sent before it asked first: now its price and Confirm, like every purchase."""
+    from bot.handlers.same_number import same_number  # that module builds on this one: imported late
+
+    return await same_number(req)
 
 
 @action(ACTION_REFRESH)
 async def refresh(req: Request) -> Screen:
     """Re-reads the status (asking the provider for an open one) and shows it in place."""
     verification = await _service(req).refresh(req.user.id, _verification_id(req))
-    return _status_screen(req, verification, edit=req.is_button, toast_text=req.t("vf_refreshed_toast"))
+    return _status_screen(
+        req, verification, edit=req.is_button, toast_text=req.t("vf_refreshed_toast"),
+        same_number=await _same_number(req, verification),
+    )
+
+
+async def _same_number(req: Request, verification: Verification) -> str | None:
+    """How the provider would give this number again now (Same number again / Reactivate), asked only once the
+    code came; None hides the button where it cannot work."""
+    if verification.state not in ("code_received", "completed"):
+        return None
+    try:
+        offer = await _service(req).same_number_offer(req.user.id, verification.id)
+    except ProviderError:
+        return "unknown"  # the price could not be read now: the card guesses, and its button asks again
+    return offer.way if offer else None
+
+
+async def cancel_live(req: Request) -> Screen | None:
+    """/cancel with no question pending: a live verification is cancelled (its money back); with several, each
+    one's Cancel button; None when nothing is live."""
+    service = req.services.verification
+    if service is None:
+        return None
+    rows, _ = await service.history(req.user.id, 0, HISTORY_PAGE)
+    live = [v for v in rows if v.state == "active"]
+    if len(live) == 1:
+        return _status_screen(req, await service.cancel(req.user.id, live[0].id), edit=False)
+    if not live:
+        return None
+    buttons = [
+        [Button(req.t("vf_btn_cancel_one", service=v.service_name, number=v.phone_number or ""),
+                action=f"{ACTION_CANCEL}:{v.id}")]
+        for v in live
+    ]
+    return Screen(req.t("vf_cancel_which"), buttons=buttons)
 
 
 # --- history -------------------------------------------------------------------------------------------------------

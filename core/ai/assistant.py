@@ -115,12 +115,12 @@ class AiAssistant:
 
     # --- the three questions --------------------------------------------------------------------------------
 
-    async def analyze(self, text: str, *, opted_in: bool) -> tuple[Analysis, int]:
+    async def analyze(self, text: str, *, opted_in: bool, locale: str | None = None) -> tuple[Analysis, int]:
         masked = self._masked(opted_in, lambda mask: mask(text))
         result = await self._answer(
             "analyze",
             None if masked is None else lambda engine: engine.analyze(masked),
-            lambda: self._fallback.analyze(text),
+            lambda: self._fallback.analyze(text, locale),  # the rules answer in the reader's language
         )
         return result.value, result.tokens
 

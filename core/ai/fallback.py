@@ -1,4 +1,7 @@
-"""The offline AI engine: keyword rules and VADER sentiment, answering in well under 5 ms when Groq cannot."""
+"""The offline AI engine: keyword rules and VADER sentiment, answering in well under 5 ms when Groq cannot.
+
+Phishing is scored in core/ai/phishing.py and summaries are written in core/ai/summary.py, in the reader's language.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from typing import Any, Literal
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from core.ai import phishing, summary
+from core.ai.summary import guess_language
 from core.providers.ai import (
     SUMMARY_MAX_CHARS,
     AiResult,
@@ -99,36 +104,6 @@ _OPT_OUT_PHRASES = re.compile(
     re.IGNORECASE,
 )
 
-_URL = re.compile(r"\b(?:https?://|www\.)\S+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,10}/\S*", re.IGNORECASE)
-_SHORTENER = re.compile(
-    r"\b(bit\.ly|tinyurl\.com|t\.co|goo\.gl|is\.gd|ow\.ly|cutt\.ly|rb\.gy|tiny\.cc|shorturl\.at|s\.id|buff\.ly|"
-    r"rebrand\.ly|t\.ly|v\.gd|shorte\.st|bitly\.com|qrco\.de)/",
-    re.IGNORECASE,
-)
-_ODD_HOST = re.compile(
-    r"(?:https?://)?(?:\d{1,3}\.){3}\d{1,3}\b|\.(?:xyz|top|click|icu|buzz|live|rest|cfd|sbs|shop|support|info)\b/?",
-    re.IGNORECASE,
-)
-_LURES = re.compile(
-    r"\b(verify your (account|identity)|confirm your (account|identity|details)|account (has been |is |was )?"
-    r"(suspended|locked|blocked|disabled|on hold|restricted)|unusual (activity|sign.?in)|suspicious activity|"
-    r"gift ?cards?|you('ve| have)? won|claim (your|the) (prize|reward|gift)|winner|free (iphone|gift)|"
-    r"(update|confirm) your (payment|billing|card)|payment (failed|declined)|unpaid (toll|bill|invoice)|"
-    r"overdue|tax refund|refund (is )?(pending|available)|(package|parcel|shipment) (is )?(on hold|held)|"
-    r"redelivery fee|wire transfer|crypto|bitcoin|click (here|the link|below)|log ?in (here|now)|"
-    r"verifica tu (cuenta|identidad)|cuenta (ha sido |fue |est[aá] )?(suspendida|bloqueada)|tarjetas? regalo|"
-    r"has ganado|reclama tu premio|haz clic|pulsa (aqu[ií]|el enlace)|actualiza tus datos|"
-    r"paquete retenido)\b",
-    re.IGNORECASE,
-)
-# The look-behinds keep "never share your code" (every genuine code SMS says it) from reading as a request.
-_CODE_REQUEST = re.compile(
-    r"(?<!never )(?<!not )(?<!n't )(?<!no )"
-    r"\b((send|share|give|forward|tell|text|read) (me |us )?(the |your |that )?(\d-digit )?"
-    r"(code|pin|otp|passcode)|reply with (the |your )?(code|pin)|c[oó]digo que te (lleg[oó]|mandaron)|"
-    r"(p[aá]same|env[ií]ame|m[aá]ndame|dime|reenv[ií]ame) (el )?(c[oó]digo|pin))\b",
-    re.IGNORECASE,
-)
 _URGENT = re.compile(
     r"\b(urgent(ly)?|immediately|asap|right away|right now|act now|final notice|last chance|"
     r"expires? (today|soon|"
@@ -136,11 +111,8 @@ _URGENT = re.compile(
     r"ahora mismo|hoy|esta noche|emergencia|cuanto antes|lo antes posible|[uú]ltimo aviso)\b",
     re.IGNORECASE,
 )
-_MONEY = re.compile(
-    r"[$€£]\s?\d|\d\s?(?:usd|eur|dollars|euros)\b|\b(prize|premio|cash|reward)\b", re.IGNORECASE
-)
 _MARKETING = re.compile(
-    r"\d+\s?% (off|de descuento)|\b(sale|promo|promotion|discount|coupon|deal|offer|limited time|shop now|"
+    r"(?<!\d)\d+\s?% (off|de descuento)|\bsale\b|\b(promo|promotion|discount|coupon|deal|offer|limited time|shop now|"
     r"buy now|free shipping|newsletter|black friday|clearance|rebajas|oferta|descuento|promoci[oó]n|cup[oó]n|"
     r"env[ií]o gratis)s?\b",
     re.IGNORECASE,
@@ -176,26 +148,6 @@ _INSTRUCTION_LEAD = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\n+")
-_SPANISH_HINTS = re.compile(
-    r"\b(el|la|los|las|que|de|del|por|para|con|una?|tu|su|est[aá]|es|hola|gracias|c[oó]digo|usted|no|s[ií]|"
-    r"mi|pero|como|cuenta|hoy|ma[nñ]ana)\b|[¿¡ñáéíóú]",
-    re.IGNORECASE,
-)
-_ENGLISH_HINTS = re.compile(
-    r"\b(the|is|are|you|your|to|and|of|for|with|this|that|it|hi|thanks|code|please|will|can|my)\b",
-    re.IGNORECASE,
-)
-
-_WARNINGS: dict[str, dict[Lang, str]] = {
-    "code_request": {
-        "en": "Someone is asking for a code. Never share verification codes, not even with people you know.",
-        "es": "Alguien te pide un código. Nunca compartas códigos de verificación, ni con conocidos.",
-    },
-    "phishing": {
-        "en": "This looks like phishing: don't open its link or share personal data, codes or payments.",
-        "es": "Parece phishing: no abras el enlace ni compartas datos personales, códigos o pagos.",
-    },
-}
 
 _DRAFTS: dict[Lang, dict[str, tuple[str, str, str]]] = {
     "en": {
@@ -375,11 +327,6 @@ def _load_codes() -> tuple[Callable[..., str | None] | None, Callable[[str], str
     return getattr(codes, "extract_code", None), getattr(codes, "mask_codes_and_numbers", None)
 
 
-def guess_language(text: str) -> Lang:
-    spanish = len(_SPANISH_HINTS.findall(text))
-    return "es" if spanish > len(_ENGLISH_HINTS.findall(text)) else "en"
-
-
 def first_sentence(text: str) -> str:
     for part in _SENTENCE_END.split(text.strip()):
         if part.strip():
@@ -399,8 +346,8 @@ class FallbackEngine:
 
     # --- the AiEngine interface -----------------------------------------------------------------------------
 
-    async def analyze(self, text: str) -> AiResult[Analysis]:
-        return AiResult(self.analyze_now(text))
+    async def analyze(self, text: str, locale: str | None = None) -> AiResult[Analysis]:
+        return AiResult(self.analyze_now(text, locale))
 
     async def draft_replies(self, history: Sequence[ChatTurn], locale: str) -> AiResult[Drafts]:
         return AiResult(self.drafts_now(history, locale))
@@ -413,16 +360,25 @@ class FallbackEngine:
 
     # --- synchronous cores, also handy where no event loop runs ---------------------------------------------
 
-    def analyze_now(self, text: str) -> Analysis:
+    def analyze_now(self, text: str, locale: str | None = None) -> Analysis:
+        """The analysis of `text`, written in the reader's language (`locale`; the text's own when None)."""
         text = text[:RULES_MAX_CHARS]
+        lang: Lang = language_of(locale) if locale else guess_language(text)
+        verdict = phishing.assess(text)
+        intent = self._intent(text, verdict)
         sentiment, score = self.sentiment(text)
-        intent, warning = self.intent(text)
+        warning = None
+        if intent == "spam_phishing":
+            # A scam's cheerful "You've won!" is not a positive message for the reader.
+            sentiment, score = "negative", min(score, -0.6)
+            warning = summary.warning(lang, verdict)
+        _, mask = _load_codes()
         return Analysis(
             intent=intent,
             sentiment=sentiment,
             sentiment_score=score,
             urgency=self.urgency(text, intent),
-            summary=first_sentence(text) or "(empty message)",
+            summary=summary.summarize(text, lang, intent, verdict, mask or _unmasked),
             warning=warning,
             engine=self.name,
         )
@@ -430,7 +386,7 @@ class FallbackEngine:
     def drafts_now(self, history: Sequence[ChatTurn], locale: str) -> Drafts:
         last_inbound = next((turn.text for turn in reversed(history) if turn.direction == "inbound"), "")
         last_inbound = last_inbound[:RULES_MAX_CHARS]
-        intent, _ = self.intent(last_inbound) if last_inbound.strip() else ("other", None)
+        intent = self._intent(last_inbound, phishing.assess(last_inbound)) if last_inbound.strip() else "other"
         return Drafts(drafts=list(_DRAFTS[language_of(locale)][intent]), engine=self.name)
 
     def template_now(self, description: str, locale: str) -> TemplateDraft:
@@ -455,33 +411,39 @@ class FallbackEngine:
         label: Sentiment = "positive" if compound >= 0.05 else "negative" if compound <= -0.05 else "neutral"
         return label, round(compound, 4)
 
-    def intent(self, text: str) -> tuple[Intent, str | None]:
-        """The intent, and a warning for the reader when the SMS looks like a scam."""
+    def intent(self, text: str, locale: str | None = None) -> tuple[Intent, str | None]:
+        """The intent, and a warning for the reader (in `locale`, else the text's language) when it is a scam."""
+        verdict = phishing.assess(text)
+        intent = self._intent(text, verdict)
+        if intent != "spam_phishing":
+            return intent, None
+        return intent, summary.warning(language_of(locale) if locale else guess_language(text), verdict)
+
+    def _intent(self, text: str, verdict: phishing.Verdict) -> Intent:
         if self.is_opt_out(text):
-            return "opt_out", None
-        if _CODE_REQUEST.search(text):
-            return "spam_phishing", _WARNINGS["code_request"][guess_language(text)]
-        # Without a link a scam must try harder to count: "use 123456 to verify your account today" is a code.
-        if self.phishing_score(text) >= (3 if _URL.search(text) else 4):
-            return "spam_phishing", _WARNINGS["phishing"][guess_language(text)]
-        marketing = bool(_MARKETING.search(text))
+            return "opt_out"
         extract_code, _ = _load_codes()
-        if extract_code is not None and (not marketing or _VERIFICATION_WORDS.search(text)):
+        if verdict.is_phishing and not _gives_a_code(text, verdict, extract_code):
+            return "spam_phishing"
+        marketing = bool(_MARKETING.search(text))
+        verification = bool(_VERIFICATION_WORDS.search(text))
+        # A tracking number reads like a code to the extractor; a delivery notice names no code words.
+        if extract_code is not None and (verification or not (marketing or _DELIVERY.search(text))):
             if _safe_extract(extract_code, text):
-                return "verification_code", None
+                return "verification_code"
         stripped = text.strip()
         question = bool(_QUESTION_END.search(stripped)) or stripped.startswith("¿")
         if marketing and not question:  # "Is the car still for sale?" asks; it does not advertise
-            return "marketing", None
+            return "marketing"
+        if _DELIVERY.search(text):  # "scheduled for delivery" is a delivery, not an appointment
+            return "delivery_notice"
         if _APPOINTMENT.search(text):
-            return "appointment", None
-        if _DELIVERY.search(text):
-            return "delivery_notice", None
+            return "appointment"
         if question:
-            return "question", None
+            return "question"
         if _GREETING.search(text) and len(stripped.split()) <= 12:
-            return "greeting", None
-        return "other", None
+            return "greeting"
+        return "other"
 
     @staticmethod
     def is_opt_out(text: str) -> bool:
@@ -495,31 +457,28 @@ class FallbackEngine:
         return bool(_OPT_OUT_PHRASES.search(text))
 
     @staticmethod
-    def phishing_score(text: str) -> int:
-        score = 0
-        links = _URL.findall(text)
-        if links:
-            score += 1
-        if _SHORTENER.search(text):
-            score += 2
-        if links and _ODD_HOST.search(text):
-            score += 1
-        score += 2 * min(2, len(_LURES.findall(text)))
-        if _URGENT.search(text):
-            score += 1
-        if _MONEY.search(text):
-            score += 1
-        return score
-
-    @staticmethod
     def urgency(text: str, intent: Intent) -> Urgency:
         if intent == "verification_code":
             return "high"  # codes expire within minutes
         if intent in ("marketing", "greeting", "opt_out"):
             return "low"
         if intent == "spam_phishing":
-            return "normal"  # the urgency is the scammer's, not the reader's
+            return "high"  # not the scammer's deadline: the reader should know at once not to act on it
         return "high" if _URGENT.search(text) else "normal"
+
+
+def _gives_a_code(text: str, verdict: phishing.Verdict, extract_code: Callable[..., Any] | None) -> bool:
+    """A borderline text without a link that hands over a code ("use 123456 to verify your account today") is
+    the service's own SMS: a scam asks for the code, or sends the reader somewhere."""
+    if verdict.code_request or verdict.hosts or verdict.score >= phishing.THRESHOLD + 1 or extract_code is None:
+        return False
+    if "callback" in verdict.signs:  # the digits are a number to call, which the extractor may take for a code
+        return False
+    return _safe_extract(extract_code, text)
+
+
+def _unmasked(text: str) -> str:
+    return text
 
 
 def _safe_extract(extract_code: Callable[..., Any], text: str) -> bool:

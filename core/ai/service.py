@@ -131,7 +131,9 @@ class AiService:
             raise AiTextTooLong(ANALYZE_MAX_CHARS, len(text))
         async with self._db.read() as session:
             standing = await self._standing(session, user.id)
-        return await self._ask(user, standing, lambda allowed: self._assistant.analyze(text, opted_in=allowed))
+        return await self._ask(
+            user, standing, lambda allowed: self._assistant.analyze(text, opted_in=allowed, locale=user.locale)
+        )
 
     async def analyze_message(self, user: User, message_id: int) -> AiAnswer[Analysis]:
         """The analysis of one of the user's SMS (the Analyze button of a relayed message)."""
@@ -140,7 +142,9 @@ class AiService:
             conversation = await conversations.conversation_of(session, user.id, message.conversation_id)
             standing = await self._standing(session, user.id)
         body = message.body[:ANALYZE_MAX_CHARS]
-        answer = await self._ask(user, standing, lambda allowed: self._assistant.analyze(body, opted_in=allowed))
+        answer = await self._ask(
+            user, standing, lambda allowed: self._assistant.analyze(body, opted_in=allowed, locale=user.locale)
+        )
         return replace(answer, conversation=conversation, message_id=message.id, subject=message.body)
 
     async def drafts_for_message(self, user: User, message_id: int) -> AiAnswer[Drafts]:
@@ -194,7 +198,7 @@ class AiService:
         except Exception:
             log.exception("automatic analysis failed; trying the rules")
         try:
-            value, _ = await self._assistant.analyze(text[:ANALYZE_MAX_CHARS], opted_in=False)
+            value, _ = await self._assistant.analyze(text[:ANALYZE_MAX_CHARS], opted_in=False, locale=user.locale)
         except Exception:
             log.exception("automatic analysis by the rules failed; the SMS is relayed without it")
             return None

@@ -8,6 +8,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "dc_modal_reply_title": "Reply",
         "dc_modal_answer_title": "Your answer",
         "dc_modal_label": "Text",
+        "dc_modal_picture_label": "Picture (optional, sent as an MMS)",
         # option descriptions of the slash commands (at most 100 characters)
         "dc_opt_service": "the service, for example WhatsApp",
         "dc_opt_to": "the phone number to text, with its country code",
@@ -26,6 +27,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "dc_modal_reply_title": "Responder",
         "dc_modal_answer_title": "Tu respuesta",
         "dc_modal_label": "Texto",
+        "dc_modal_picture_label": "Imagen (opcional, se envía como MMS)",
         "dc_opt_service": "el servicio, por ejemplo WhatsApp",
         "dc_opt_to": "el número al que escribir, con su prefijo de país",
         "dc_opt_text": "el texto",

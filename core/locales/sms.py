@@ -9,6 +9,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "num_btn_buy": "Buy",
         "num_btn_release": "Release {number}",
         "num_btn_my_numbers": "☎️ My numbers",
+        "num_btn_open": "☎️ {number}",
+        "num_screen": "☎️ <b>{number}</b>\n{price}/month · renews {renews}\n\nSend a new SMS from it, fill in a "
+        "template, or let AI help with a reply.",
+        "num_sms_needs_number": "To send an SMS you need a number of your own. Buy one first.",
+        "num_sms_to": "✉️ Who should the SMS go to? Type the number, for example +1 415 555 0123.",
+        "num_sms_to_from": "✉️ New SMS from {number}. Who should it go to? Type the number, for example "
+        "+1 415 555 0123.",
+        "num_sms_to_placeholder": "+1 415 555 0123",
+        "num_sms_to_invalid": "“{number}” is not a phone number that can get an SMS. Type it again, with the "
+        "country code, for example +1 415 555 0123.",
         "num_pick_country": "Which country should the number be in?",
         "num_area_prompt": "Numbers in {country}: type an area code (for example 415) or tap <b>Any</b>.",
         "num_area_placeholder": "Area code, e.g. 415",
@@ -28,13 +38,20 @@ TEXTS: dict[str, dict[str, str]] = {
         "num_gone": "That number is no longer for sale. Search again and pick another.",
         "num_quote_expired": "This offer has expired. Tap Buy for fresh numbers.",
         "num_buy_in_progress": "⏳ This purchase is already under way.",
+        "num_buy_failed": "The purchase could not be completed, so the number was given back and nothing was "
+        "charged. Please try again in a moment.",
         # /sms
         "sms_usage": "Send an SMS: <code>/sms +14155550123 Your text</code>\nOr type the number and the text "
         "now, in one message.",
         "sms_compose_placeholder": "+14155550123 Your text",
         "sms_text_prompt": "What should the SMS to {number} say?",
         "sms_text_placeholder": "Your text",
+        "sms_price_hint": "💲 Up to 160 characters (70 with emoji) it costs {price}; a longer text goes in parts "
+        "and costs more. The price is on the answer, too.",
+        "sms_price_hint_country": "💲 A text of up to 160 characters (70 with emoji) to a number in {country} costs "
+        "{price}; a longer one goes in parts and costs more.",
         "sms_sent": "📤 SMS to <b>{to}</b> from {from_}\n{parts} part(s) · {price} · {status}",
+        "mms_sent": "📤 MMS (picture) to <b>{to}</b> from {from_}\n{price} · {status}",
         "sms_status_queued": "queued",
         "sms_status_accepted": "accepted",
         "sms_status_sending": "sending",
@@ -86,6 +103,14 @@ TEXTS: dict[str, dict[str, str]] = {
         # relayed SMS
         "sms_relay_header": "💬 <b>{sender}</b> → your {to}",
         "sms_media_link": "attachment {n}",
+        "mms_too_large": "📎 {what} too large ({size}), not shown",
+        "mms_unavailable": "📎 a {what} could not be fetched from the provider, not shown",
+        "mms_picture": "picture",
+        "mms_file": "file",
+        "mms_size_over": "over {size}",
+        "mms_needs_reply": "📷 To send a picture as an MMS, reply with it to a relayed SMS.",
+        "mms_unsupported": "Pictures can only be sent from a Twilio number; this number sends text only.",
+        "mms_out_too_large": "That picture is too large to send as an MMS ({size}; at most {limit}).",
         "sms_stop_notice": "🚫 {sender} opted out (STOP): they get no texts from {to} until they send START.",
         "sms_start_notice": "✅ {sender} opted back in (START): you can text them again.",
         "sms_btn_reply": "Reply",
@@ -122,6 +147,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "num_btn_buy": "Comprar",
         "num_btn_release": "Liberar {number}",
         "num_btn_my_numbers": "☎️ Mis números",
+        "num_btn_open": "☎️ {number}",
+        "num_screen": "☎️ <b>{number}</b>\n{price}/mes · se renueva el {renews}\n\nEnvía un SMS nuevo desde "
+        "él, usa una plantilla o deja que la IA te ayude a responder.",
+        "num_sms_needs_number": "Para enviar un SMS necesitas un número propio. Compra uno primero.",
+        "num_sms_to": "✉️ ¿A quién va el SMS? Escribe el número, por ejemplo +1 415 555 0123.",
+        "num_sms_to_from": "✉️ SMS nuevo desde {number}. ¿A quién va? Escribe el número, por ejemplo "
+        "+1 415 555 0123.",
+        "num_sms_to_placeholder": "+1 415 555 0123",
+        "num_sms_to_invalid": "«{number}» no es un número que pueda recibir SMS. Escríbelo de nuevo, con el "
+        "prefijo del país, por ejemplo +1 415 555 0123.",
         "num_pick_country": "¿En qué país quieres el número?",
         "num_area_prompt": "Números en {country}: escribe un código de área (por ejemplo 415) o pulsa "
         "<b>Cualquiera</b>.",
@@ -144,13 +179,20 @@ TEXTS: dict[str, dict[str, str]] = {
         "num_gone": "Ese número ya no está a la venta. Busca de nuevo y elige otro.",
         "num_quote_expired": "Esta oferta caducó. Pulsa Comprar para ver números nuevos.",
         "num_buy_in_progress": "⏳ Esta compra ya está en curso.",
+        "num_buy_failed": "La compra no se pudo completar: el número se devolvió y no se cobró nada. Inténtalo de "
+        "nuevo en un momento.",
         # /sms
         "sms_usage": "Envía un SMS: <code>/sms +14155550123 Tu texto</code>\nO escribe ahora el número y el texto "
         "en un solo mensaje.",
         "sms_compose_placeholder": "+14155550123 Tu texto",
         "sms_text_prompt": "¿Qué debe decir el SMS a {number}?",
         "sms_text_placeholder": "Tu texto",
+        "sms_price_hint": "💲 Hasta 160 caracteres (70 con emojis) cuesta {price}; un texto más largo va en "
+        "partes y cuesta más. El precio también aparece en la respuesta.",
+        "sms_price_hint_country": "💲 Un texto de hasta 160 caracteres (70 con emojis) a un número de {country} "
+        "cuesta {price}; uno más largo va en partes y cuesta más.",
         "sms_sent": "📤 SMS a <b>{to}</b> desde {from_}\n{parts} parte(s) · {price} · {status}",
+        "mms_sent": "📤 MMS (imagen) a <b>{to}</b> desde {from_}\n{price} · {status}",
         "sms_status_queued": "en cola",
         "sms_status_accepted": "aceptado",
         "sms_status_sending": "enviándose",
@@ -201,6 +243,14 @@ TEXTS: dict[str, dict[str, str]] = {
         # relayed SMS
         "sms_relay_header": "💬 <b>{sender}</b> → tu {to}",
         "sms_media_link": "adjunto {n}",
+        "mms_too_large": "📎 {what} demasiado grande ({size}), no se muestra",
+        "mms_unavailable": "📎 no se pudo obtener un {what} del proveedor, no se muestra",
+        "mms_picture": "imagen",
+        "mms_file": "archivo",
+        "mms_size_over": "más de {size}",
+        "mms_needs_reply": "📷 Para enviar una imagen como MMS, respóndela a un SMS reenviado.",
+        "mms_unsupported": "Las imágenes solo se pueden enviar desde un número de Twilio; este número solo envía texto.",
+        "mms_out_too_large": "Esa imagen es demasiado grande para un MMS ({size}; como máximo {limit}).",
         "sms_stop_notice": "🚫 {sender} se dio de baja (STOP): no recibirá SMS de {to} hasta que envíe START.",
         "sms_start_notice": "✅ {sender} volvió a darse de alta (START): ya puedes escribirle.",
         "sms_btn_reply": "Responder",

@@ -42,6 +42,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "vf_btn_refresh": "🔄 Refresh",
         "vf_btn_done": "✔️ Done",
         "vf_btn_reuse": "♻️ Same number again",
+        "vf_btn_reactivate": "♻️ Reactivate this number",
+        "vf_same_reuse_price": "♻️ <b>{service}</b> again on <code>{number}</code> — <b>{price}</b>.\n\nThe same "
+        "number waits for a new code. The price is held now and charged only when the code comes.",
+        "vf_same_reactivate_price": "♻️ Reactivate <code>{number}</code> for <b>{service}</b> — <b>{price}</b>.\n\n"
+        "The number is rented again and waits for a new code. The price is held now and charged only when the "
+        "code comes.",
+        "vf_same_gone": "This number can no longer be had again. Tap Try again for a new one.",
         "vf_btn_again": "🔁 Try again",
         # codes and SMS relayed through the outbox
         "vf_code_message": "🔑 <b>{service}</b> code: <code>{code}</code>\n\nSMS to {number}:\n<i>{sms}</i>",
@@ -50,6 +57,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "vf_sms_message": "📩 <b>{service}</b> · SMS to {number}:\n<i>{sms}</i>",
         # answers to buttons
         "vf_cancelled_toast": "Cancelled: {price} is back in your balance.",
+        "vf_cancel_which": "Which verification should be cancelled? Its money comes back.",
+        "vf_btn_cancel_one": "❌ Cancel {service} {number}",
         "vf_reported_toast": "Reported: {price} is back in your balance.",
         "vf_done_toast": "Done. Thanks!",
         "vf_refreshed_toast": "Up to date.",
@@ -129,6 +138,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "vf_btn_refresh": "🔄 Actualizar",
         "vf_btn_done": "✔️ Listo",
         "vf_btn_reuse": "♻️ El mismo número otra vez",
+        "vf_btn_reactivate": "♻️ Reactivar este número",
+        "vf_same_reuse_price": "♻️ <b>{service}</b> otra vez en <code>{number}</code> — <b>{price}</b>.\n\nEl "
+        "mismo número espera un código nuevo. El importe se retiene ahora y se cobra solo cuando llegue el código.",
+        "vf_same_reactivate_price": "♻️ Reactivar <code>{number}</code> para <b>{service}</b> — <b>{price}</b>."
+        "\n\nEl número se vuelve a alquilar y espera un código nuevo. El importe se retiene ahora y se cobra solo "
+        "cuando llegue el código.",
+        "vf_same_gone": "Este número ya no se puede volver a usar. Pulsa Intentar de nuevo para otro.",
         "vf_btn_again": "🔁 Intentar de nuevo",
         # códigos y SMS enviados por la cola de salida
         "vf_code_message": "🔑 Código de <b>{service}</b>: <code>{code}</code>\n\nSMS a {number}:\n<i>{sms}</i>",
@@ -137,6 +153,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "vf_sms_message": "📩 <b>{service}</b> · SMS a {number}:\n<i>{sms}</i>",
         # respuestas a botones
         "vf_cancelled_toast": "Cancelado: se han devuelto {price} a tu saldo.",
+        "vf_cancel_which": "¿Qué verificación cancelo? Su dinero vuelve a tu saldo.",
+        "vf_btn_cancel_one": "❌ Cancelar {service} {number}",
         "vf_reported_toast": "Reportado: se han devuelto {price} a tu saldo.",
         "vf_done_toast": "Listo. ¡Gracias!",
         "vf_refreshed_toast": "Actualizado.",

@@ -21,6 +21,7 @@ from core.models import Hold, KeyValue, PhoneNumber, User
 from core.money import ledger, limits, offers
 from core.platform.clock import utcnow
 from core.platform.db import Database
+from core.platform.db_faults import database_unavailable, describe
 from core.platform.phone import mask_number
 from core.providers.sms import AvailableNumber, SmsProviderError, country_of
 
@@ -185,18 +186,43 @@ class NumberShop:
                 raise ProviderRefused(error) from error
             raise
         now = utcnow()
-        async with self.db.transaction() as session:
-            number = PhoneNumber(
-                user_id=user_id, provider=provider_name, provider_sid=bought.provider_sid, e164=bought.e164,
-                country=bought.country or country_of(bought.e164), state="active", monthly_price_cents=price,
-                purchased_at=now, renews_at=now + NUMBER_PERIOD,
-            )
-            session.add(number)
-            await ledger.capture(session, hold_id)
-            await session.execute(delete(KeyValue).where(KeyValue.key == short_key("numoffer", e164)))
-            await session.flush()
+        try:
+            async with self.db.transaction() as session:
+                number = PhoneNumber(
+                    user_id=user_id, provider=provider_name, provider_sid=bought.provider_sid, e164=bought.e164,
+                    country=bought.country or country_of(bought.e164), state="active", monthly_price_cents=price,
+                    purchased_at=now, renews_at=now + NUMBER_PERIOD,
+                )
+                session.add(number)
+                await ledger.capture(session, hold_id)
+                await session.execute(delete(KeyValue).where(KeyValue.key == short_key("numoffer", e164)))
+                await session.flush()
+        except BaseException as error:
+            # Bought but not recorded: the number goes back and the hold is released, each once, and shielded so
+            # a cancellation cannot stop half-way. The number first: unlike the hold, nothing would find it again.
+            await asyncio.shield(self._undo_purchase(provider_name, bought.provider_sid, hold_id, error))
+            if isinstance(error, Exception) and not database_unavailable(error):
+                raise MessagingError("num_buy_failed") from error
+            raise
         log.info("user %s bought %s at %s for %s cents/month", user_id, mask_number(bought.e164), provider_name, price)
         return number
+
+    async def _undo_purchase(self, provider_name: str, provider_sid: str, hold_id: int, error: BaseException) -> None:
+        if database_unavailable(error):
+            log.warning("recording number %s failed, the database is unavailable (%s); releasing it", provider_sid,
+                        describe(error))
+        elif isinstance(error, Exception):
+            log.error("recording number %s failed; releasing it", provider_sid, exc_info=error)
+        provider = self.gateway.providers[provider_name]
+        try:
+            await self.gateway.call(provider, provider.release_number(provider_sid))
+        except SmsProviderError as release_error:
+            log.warning("releasing the unrecorded number %s failed: %s", provider_sid, release_error)
+        try:
+            async with self.db.transaction() as session:
+                await ledger.release(session, hold_id)
+        except Exception as release_error:
+            log.warning("releasing hold %s of an unrecorded number failed: %s", hold_id, describe(release_error))
 
     async def _repeat_purchase(self, session: AsyncSession, hold: Hold, user_id: int, e164: str) -> PhoneNumber:
         if hold.state == "held":

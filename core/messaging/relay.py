@@ -36,7 +36,8 @@ def preview(body: str, limit: int = 60) -> str:
 def sent_text(locale: str, sent: SentSms) -> Html:
     """The answer to a sent SMS, also used to update it in place as delivery news comes."""
     return t(
-        locale, "sms_sent", to=display_number(sent.to_e164), from_=display_number(sent.from_e164),
+        locale, "mms_sent" if sent.media else "sms_sent", to=display_number(sent.to_e164),
+        from_=display_number(sent.from_e164),
         parts=sent.segments, price=money(sent.price_cents),
         status=Html(f"{STATUS_ICONS.get(sent.status, '')} {t(locale, f'sms_status_{sent.status}')}".strip()),
     )
@@ -58,9 +59,14 @@ def relay_buttons(locale: str, message_id: int, conversation_id: int) -> tuple[t
 def relay_message(
     locale: str, *, message_id: int, conversation_id: int, from_e164: str, own_e164: str, body: str,
     media_urls: tuple[str, ...] | list[str] = (), contact_name: str | None = None, notice_key: str | None = None,
-    note: str | None = None,
+    note: str | None = None, provider: str | None = None,
 ) -> outbox.OutgoingMessage:
-    """A relayed SMS: who sent it, to which of the user's numbers, the text (escaped) and its links."""
+    """A relayed SMS: who sent it, to which of the user's numbers, the text (escaped) and its links. An MMS from
+    Twilio (`provider`) carries its pictures as references the outbox fetches (core/messaging/media.py) and shows
+    with the text as caption; the links need the account's credentials, so they are not shown."""
+    media = tuple(outbox.MediaRef(source="twilio", url=url) for url in media_urls) if provider == "twilio" else ()
+    if media:
+        media_urls = ()
     sender = display_number(from_e164)
     shown_sender: Html = escape(f"{contact_name} ({sender})") if contact_name else escape(sender)
     lines = [str(t(locale, "sms_relay_header", sender=shown_sender, to=display_number(own_e164)))]
@@ -77,4 +83,5 @@ def relay_message(
         text="\n".join(lines),
         buttons=relay_buttons(locale, message_id, conversation_id),
         reply_context={"kind": "sms", "conversation_id": conversation_id, "message_id": message_id},
+        media=media, locale=locale,
     )

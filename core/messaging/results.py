@@ -36,6 +36,17 @@ class SentSms:
     price_cents: int
     status: str
     duplicate: bool = False
+    media: bool = False  # an MMS: it carried a picture
+
+
+@dataclass(frozen=True)
+class SmsQuote:
+    """What an SMS would cost now, shown before it is sent."""
+
+    to_e164: str  # empty for a quote to a country
+    country: str
+    segments: int
+    price_cents: int
 
 
 def sent_sms(message: Message, *, duplicate: bool = False) -> SentSms:
@@ -43,7 +54,7 @@ def sent_sms(message: Message, *, duplicate: bool = False) -> SentSms:
         message_id=message.id, conversation_id=message.conversation_id or 0, provider=message.provider,
         from_e164=message.from_e164, to_e164=message.to_e164, segments=message.segments,
         encoding=message.encoding, cost_cents=message.cost_cents, price_cents=message.price_cents,
-        status=message.status, duplicate=duplicate,
+        status=message.status, duplicate=duplicate, media=bool(message.media_urls),
     )
 
 

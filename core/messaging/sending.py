@@ -3,13 +3,16 @@ accepts (released when it refuses)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.messaging import pricing
 from core.messaging.errors import InvalidNumber, MessagingError, NotYours, ProviderRefused
-from core.messaging.gateway import SmsGateway, with_markup
+from core.messaging.gateway import SmsGateway
 from core.messaging.relay import display_number
-from core.messaging.results import SentSms, sent_sms
+from core.messaging.results import SentSms, SmsQuote, sent_sms
 from core.messaging.status import STATUS_RANK, apply_early_status, status_key
 from core.messaging.storage import conversation_between, serialise
 from core.models import Conversation, Hold, Message, PhoneNumber, User
@@ -17,7 +20,7 @@ from core.money import ledger, limits
 from core.platform.clock import utcnow
 from core.platform.db import Database
 from core.platform.phone import InvalidPhoneNumber, normalize, region_of
-from core.providers.sms import RecipientOptedOut, SmsProviderError
+from core.providers.sms import RecipientOptedOut, SendResult, SmsProviderError
 from core.providers.sms_encoding import sms_parts
 
 MAX_BODY_CHARS = 1600  # Twilio's limit for one (concatenated) message; Vonage's is similar
@@ -62,8 +65,9 @@ class SmsSender:
                 raise MessagingError("sms_opted_out", number=display_number(to_e164))
             await limits.check_sms(session, self.settings, user)
             parts = sms_parts(body)
+            # The markup applies to the whole message (every segment) and is rounded once: see pricing.
             cost = self.gateway.segment_cost(provider_name, region_of(to_e164)) * parts.segments
-            price = with_markup(cost, limits.limits_for(self.settings, user).markup_percent)
+            price = await pricing.price_for(session, user_id, cost, limits.limits_for(self.settings, user).markup_percent)
             hold_id: int | None = None
             if price > 0:
                 hold = await ledger.place_hold(
@@ -82,10 +86,20 @@ class SmsSender:
             message_id, conversation_id, from_e164 = message.id, conversation.id, number.e164
 
         provider = self.gateway.providers[provider_name]
+        return await self.hand_over(
+            message_id, conversation_id, hold_id, provider_name,
+            provider.send(from_e164, to_e164, body, self.gateway.status_url(provider_name)),
+        )
+
+    async def hand_over(
+        self, message_id: int, conversation_id: int, hold_id: int | None, provider_name: str,
+        send: Awaitable[SendResult],
+    ) -> SentSms:
+        """Call the provider for a message row already written (SMS or MMS): on acceptance record its id and
+        capture the hold; on refusal release the hold and mark the message refused."""
+        provider = self.gateway.providers[provider_name]
         try:
-            result = await self.gateway.call(
-                provider, provider.send(from_e164, to_e164, body, self.gateway.status_url(provider_name))
-            )
+            result = await self.gateway.call(provider, send)
         except Exception as error:
             await self._send_refused(message_id, conversation_id, hold_id, error)
             if isinstance(error, SmsProviderError):
@@ -109,6 +123,34 @@ class SmsSender:
             )
             await apply_early_status(session, message, provider_name, result.provider_message_id)
             return sent_sms(message)
+
+    async def quote(
+        self, user_id: int, to_raw: str | None, body: str = "", *, from_number_id: int | None = None,
+        country: str = "US",
+    ) -> SmsQuote:
+        """What sending `body` (a one-part text when empty) to `to_raw` would cost now; nothing is held. Without
+        `to_raw`, the price to a number in `country` from the user's numbers."""
+        async with self.db.read() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                raise NotYours()
+            if to_raw is not None:
+                number, to_e164 = await self._route(session, user_id, to_raw, from_number_id)
+                provider, country = number.provider, region_of(to_e164)
+            else:
+                owned = (await session.scalars(
+                    select(PhoneNumber.provider).where(PhoneNumber.user_id == user_id, PhoneNumber.state == "active")
+                )).all()
+                usable = [name for name in owned if name in self.gateway.providers]
+                if not usable:
+                    raise MessagingError("sms_no_number")
+                provider, to_e164 = self.gateway.cheapest_provider(country, usable), ""
+            segments = sms_parts(body).segments if body.strip() else 1
+            cost = self.gateway.segment_cost(provider, country) * segments
+            price = await pricing.price_for(
+                session, user_id, cost, limits.limits_for(self.settings, user).markup_percent
+            )
+        return SmsQuote(to_e164=to_e164, country=country, segments=segments, price_cents=price)
 
     async def _route(
         self, session: AsyncSession, user_id: int, to_raw: str, from_number_id: int | None

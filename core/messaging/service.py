@@ -8,10 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from core.messaging.calls import TWILIO_VOICE_PATH, CallDesk
 from core.messaging.conversations import Conversations
 from core.messaging.gateway import SmsGateway
 from core.messaging.inbound.writer import InboundRelay
+from core.messaging.media import MmsSender, register_fetchers
 from core.messaging.numbers import NumberShop
+from core.messaging.renewals import NumberRenewals
 from core.messaging.sending import SmsSender
 from core.messaging.status import DeliveryStatus
 from core.messaging.storage import kv_delete_expired
@@ -39,10 +42,14 @@ class MessagingService:
         self.gateway = SmsGateway(providers, settings, self.metrics)
         self.providers = self.gateway.providers
         self.numbers = NumberShop(db, self.gateway)
+        self.renewals = NumberRenewals(db, self.gateway)  # monthly renewal; its job is started by bot/app.py
         self.sender = SmsSender(db, self.gateway)
+        self.mms = MmsSender(db, self.gateway, self.sender)
+        register_fetchers(self.gateway)  # the outbox fetches inbound MMS pictures with these when it relays them
         self.status = DeliveryStatus(db, self.gateway.providers)
         self.inbound = InboundRelay(db, settings, max_batch=max_batch, max_writers=max_writers)
         self.threads = Conversations(db)
+        self.calls = CallDesk(db, settings, self.gateway)
         # Callers keep using one object: its methods are the parts' own, with their signatures.
         self.inbound_url = self.gateway.inbound_url
         self.status_url = self.gateway.status_url
@@ -57,6 +64,8 @@ class MessagingService:
         self.owned_number = self.numbers.owned_number
         self.release_number = self.numbers.release_number
         self.send_sms = self.sender.send_sms
+        self.quote_sms = self.sender.quote
+        self.send_mms = self.mms.send_mms
         self.remember_status_message = self.status.remember_status_message
         self.apply_status = self.status.apply_status
         self.receive_inbound = self.inbound.receive_inbound
@@ -113,7 +122,8 @@ def build_messaging_service(
 
         assert settings.twilio_account_sid and settings.twilio_auth_token
         providers["twilio"] = TwilioProvider(
-            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), settings.twilio_api_base_url
+            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), settings.twilio_api_base_url,
+            voice_url=f"{settings.public_base_url}{TWILIO_VOICE_PATH}",
         )
     if "vonage" in plan.sms:
         from core.providers.vonage import VonageProvider

@@ -10,10 +10,11 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.api import events as api_events
 from core.messaging.relay import RELAY_PRIORITY, display_number, preview, sent_text
 from core.messaging.results import sent_sms
 from core.messaging.storage import kv_get, kv_put, serialise, short_key
-from core.models import KeyValue, Message, User
+from core.models import KeyValue, Message, OutboxDelivery, User
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.db import Database
@@ -116,35 +117,53 @@ async def advance(session: AsyncSession, message: Message, update_: StatusUpdate
     message.updated_at = utcnow()
     if update_.error_code:
         message.error_code = update_.error_code[:16]
+    await api_events.message_status(session, message)
     if message.user_id is None:
         return True
     locale = await session.scalar(select(User.locale).where(User.id == message.user_id)) or "en"
-    if new in FAILED_STATUSES:
+    failed = new in FAILED_STATUSES
+    text = sent_text(locale, sent_sms(message))
+    if failed:
         reason = _FAILURE_REASONS.get(message.provider, {}).get(update_.error_code or "", "unknown")
-        notice = t(
+        text = t(
             locale, "sms_failed_notice", to=display_number(message.to_e164),
             from_=display_number(message.from_e164), reason=t(locale, f"sms_fail_{reason}"),
             body=preview(message.body),
         )
-        buttons: tuple[tuple[outbox.OutButton, ...], ...] = ()
-        if message.conversation_id:
-            buttons = ((outbox.OutButton(t(locale, "sms_btn_open"), action=f"conv:{message.conversation_id}:0"),),)
+    buttons: tuple[tuple[outbox.OutButton, ...], ...] = ()
+    if message.conversation_id:
+        buttons = ((outbox.OutButton(t(locale, "sms_btn_open"), action=f"conv:{message.conversation_id}:0"),),)
+    # One SMS, one status message: the answer to /sms is edited in place (queued → sent → delivered, or the
+    # failure and why), where the chat allows edits; a chat that does not gets the news as a new message.
+    ref = await kv_get(session, f"smsref:{message.id}")
+    if ref is not None:
+        await outbox.enqueue(
+            session, platform=ref["platform"], chat_id=ref["chat_id"], kind="sms_status",
+            message=outbox.OutgoingMessage(
+                text=text, buttons=buttons, edit_message_id=await _card_id(session, message.id, ref["message_id"]),
+            ),
+            user_id=message.user_id, dedupe_key=f"smsstatus:{message.id}:{new}",
+            priority=RELAY_PRIORITY if failed else 0,
+        )
+    elif failed:
+        # Sent without a chat answer to edit (the API, a scheduled text): a failure is still news worth a message.
         await outbox.enqueue_for_user(
-            session, message.user_id, kind="sms_status",
-            message=outbox.OutgoingMessage(text=notice, buttons=buttons),
+            session, message.user_id, kind="sms_status", message=outbox.OutgoingMessage(text=text, buttons=buttons),
             dedupe_key=f"smsfail:{message.id}", priority=RELAY_PRIORITY,
         )
-    else:
-        # The "sent" answer to /sms is updated in place (sent → delivered) where the chat allows edits.
-        ref = await kv_get(session, f"smsref:{message.id}")
-        if ref is not None:
-            open_button = outbox.OutButton(t(locale, "sms_btn_open"), action=f"conv:{message.conversation_id}:0")
-            await outbox.enqueue(
-                session, platform=ref["platform"], chat_id=ref["chat_id"], kind="sms_status",
-                message=outbox.OutgoingMessage(
-                    text=sent_text(locale, sent_sms(message)), buttons=((open_button,),),
-                    edit_message_id=ref["message_id"],
-                ),
-                user_id=message.user_id, dedupe_key=f"smsstatus:{message.id}:{new}",
-            )
     return True
+
+
+async def _card_id(session: AsyncSession, message_id: int, first_id: str) -> str:
+    """Where the status message is now: an edit the chat refused (too old, deleted) came as a new message, and
+    later news edits that one instead of adding another."""
+    latest = await session.scalar(
+        select(OutboxDelivery.platform_message_id)
+        .where(
+            OutboxDelivery.dedupe_key.in_([f"smsstatus:{message_id}:{status}" for status in STATUS_RANK]),
+            OutboxDelivery.platform_message_id.is_not(None),
+        )
+        .order_by(OutboxDelivery.id.desc())
+        .limit(1)
+    )
+    return latest or first_id

@@ -1,4 +1,5 @@
-"""Message templates: a built-in set per use, each user's own, and `{variables}` parsed, checked and filled in.
+"""Message templates: built-in sets (general and per service), each user's own, and `{variables}` parsed, checked and
+filled in.
 
 A template body is SMS text with placeholders such as `{name}`, `{date}` or `{code}` from a fixed vocabulary
 (`VARIABLES`), so every value can be checked before anything is sent: a `{date}` must be a date, a `{code}` 4 to 8
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import MessageTemplate
+from core.models import Message, MessageTemplate, Verification
 from core.platform.clock import utc_today
 from core.platform.i18n import Html, escape, t
 
@@ -148,6 +149,109 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
                 "es": "Hola {name}, te escribo para dar seguimiento a nuestra conversación. "
                 "¡Avísame si tienes alguna pregunta!",
             },
+        ),
+    )
+}
+
+
+# --- built-in sets per service ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceTemplates:
+    """The built-in templates for one popular service; `service` is the verification catalogue's code for it."""
+
+    service: str
+    name: str
+    aliases: tuple[str, ...]  # words that name the service in an SMS ("gmail" is Google's)
+    templates: tuple[BuiltinTemplate, ...]
+
+
+def _set(service: str, name: str, aliases: tuple[str, ...], *items: tuple[str, str, str, str, str]) -> ServiceTemplates:
+    """`items`: (key, English name, Spanish name, English body, Spanish body)."""
+    return ServiceTemplates(
+        service, name, aliases,
+        tuple(BuiltinTemplate(key, {"en": en_name, "es": es_name}, {"en": en, "es": es})
+              for key, en_name, es_name, en, es in items),
+    )
+
+
+SERVICE_TEMPLATES: dict[str, ServiceTemplates] = {
+    s.service: s
+    for s in (
+        _set(
+            "whatsapp", "WhatsApp", ("whatsapp",),
+            ("move", "Continue on WhatsApp", "Seguir por WhatsApp",
+             "Hi {name}, can we continue on WhatsApp? Write to me there at this number.",
+             "Hola {name}, ¿seguimos por WhatsApp? Escríbeme allí a este número."),
+            ("group", "WhatsApp group invite", "Invitación a grupo de WhatsApp",
+             "Hi {name}, join our WhatsApp group here: {link}",
+             "Hola {name}, únete a nuestro grupo de WhatsApp aquí: {link}"),
+        ),
+        _set(
+            "google", "Google", ("google", "gmail", "youtube"),
+            ("meet", "Google Meet invite", "Invitación a Google Meet",
+             "Hi {name}, here is the Google Meet link for {date} at {time}: {link}",
+             "Hola {name}, este es el enlace de Google Meet para el {date} a las {time}: {link}"),
+            ("review", "Google review request", "Pedir reseña en Google",
+             "Thanks for choosing {business}! Could you leave us a Google review? {link}",
+             "¡Gracias por elegir {business}! ¿Nos dejas una reseña en Google? {link}"),
+        ),
+        _set(
+            "telegram", "Telegram", ("telegram",),
+            ("channel", "Telegram channel invite", "Invitación a canal de Telegram",
+             "Hi {name}, follow our news on Telegram: {link}",
+             "Hola {name}, sigue nuestras novedades en Telegram: {link}"),
+            ("move", "Continue on Telegram", "Seguir por Telegram",
+             "Hi {name}, I'm easier to reach on Telegram. Write to me there: {link}",
+             "Hola {name}, me encuentras mejor en Telegram. Escríbeme allí: {link}"),
+        ),
+        _set(
+            "facebook", "Facebook", ("facebook", "messenger"),
+            ("event", "Facebook event invite", "Invitación a evento de Facebook",
+             "Hi {name}, you're invited to our event on {date} at {time}. Details on Facebook: {link}",
+             "Hola {name}, te invitamos a nuestro evento el {date} a las {time}. Detalles en Facebook: {link}"),
+            ("pickup", "Marketplace pickup", "Recogida de Marketplace",
+             "Hi {name}, your Facebook Marketplace item is ready. Pick it up at {place} on {date} at {time}.",
+             "Hola {name}, tu artículo de Facebook Marketplace está listo. Recógelo en {place} el {date} a las "
+             "{time}."),
+        ),
+        _set(
+            "instagram", "Instagram", ("instagram",),
+            ("follow", "Follow on Instagram", "Síguenos en Instagram",
+             "Hi {name}, follow {business} on Instagram and get {discount} off your next order: {link}",
+             "Hola {name}, sigue a {business} en Instagram y obtén un {discount} de descuento en tu próximo "
+             "pedido: {link}"),
+            ("winner", "Instagram giveaway winner", "Ganador del sorteo de Instagram",
+             "Congratulations {name}! You won our Instagram giveaway. Claim your prize here: {link}",
+             "¡Felicidades {name}! Ganaste nuestro sorteo de Instagram. Reclama tu premio aquí: {link}"),
+        ),
+        _set(
+            "amazon", "Amazon", ("amazon",),
+            ("shipped", "Amazon order shipped", "Pedido de Amazon enviado",
+             "Hi {name}, your Amazon order {order} has shipped and should arrive on {date}.",
+             "Hola {name}, tu pedido de Amazon {order} ya salió y debería llegar el {date}."),
+            ("return", "Amazon return reminder", "Recordatorio de devolución de Amazon",
+             "Hi {name}, a reminder to return Amazon order {order} by {date}.",
+             "Hola {name}, te recordamos devolver el pedido de Amazon {order} antes del {date}."),
+        ),
+        _set(
+            "uber", "Uber", ("uber",),
+            ("pickup", "At the pickup point", "En el punto de recogida",
+             "Hi {name}, I'm at the pickup point at {place}. See you in a moment!",
+             "Hola {name}, estoy en el punto de recogida en {place}. ¡Nos vemos enseguida!"),
+            ("late", "Running late", "Llego tarde",
+             "Hi {name}, I'm running a little late; I'll be at {place} at {time}.",
+             "Hola {name}, llego un poco tarde; estaré en {place} a las {time}."),
+        ),
+        _set(
+            "paypal", "PayPal", ("paypal",),
+            ("request", "PayPal payment request", "Solicitud de pago por PayPal",
+             "Hi {name}, here is the PayPal request for {amount}: {link}",
+             "Hola {name}, aquí tienes la solicitud de PayPal por {amount}: {link}"),
+            ("received", "PayPal payment received", "Pago de PayPal recibido",
+             "Hi {name}, I got your PayPal payment of {amount}. Thank you!",
+             "Hola {name}, recibí tu pago de PayPal de {amount}. ¡Gracias!"),
         ),
     )
 }
@@ -449,11 +553,14 @@ def highlight(body: str) -> Html:
 class Template:
     """A built-in or a user's own template, as the chat shows and uses it."""
 
-    ref: str  # "b.<key>" for a built-in, "u.<id>" for the user's own; short enough for a button's action id
+    # "b.<key>" for a built-in, "s.<service>.<key>" for a service's built-in, "u.<id>" for the user's own; short
+    # enough for a button's action id
+    ref: str
     name: str
     body: str
     builtin: bool
     id: int | None = None
+    service: str | None = None
 
     @property
     def variables(self) -> list[str]:
@@ -461,7 +568,60 @@ class Template:
 
 
 def builtin_templates(locale: str) -> list[Template]:
+    """The built-ins every user has, whatever the service."""
     return [Template(f"b.{b.key}", b.name(locale), b.body(locale), True) for b in BUILTIN_TEMPLATES.values()]
+
+
+def service_templates(service: str, locale: str) -> list[Template]:
+    """The built-in set of one service (empty for a service without one)."""
+    found = SERVICE_TEMPLATES.get(service)
+    if found is None:
+        return []
+    return [
+        Template(f"s.{service}.{b.key}", b.name(locale), b.body(locale), True, service=service)
+        for b in found.templates
+    ]
+
+
+_ALIASES = {alias: s.service for s in SERVICE_TEMPLATES.values() for alias in s.aliases}
+_WORDS = re.compile(r"[a-z]+")
+
+
+def services_in(text: str) -> list[str]:
+    """The services with a template set that a text names ("G-123456 is your Google code" → google)."""
+    found: list[str] = []
+    for word in _WORDS.findall(text.lower()):
+        service = _ALIASES.get(word)
+        if service is not None and service not in found:
+            found.append(service)
+    return found
+
+
+async def services_of_number(session: AsyncSession, user_id: int, e164: str, *, scan: int = 100) -> list[str]:
+    """The services a number is used with: those its recent texts name, in order of first mention."""
+    bodies = await session.scalars(
+        select(Message.body)
+        .where(Message.user_id == user_id, or_(Message.from_e164 == e164, Message.to_e164 == e164))
+        .order_by(Message.id.desc())
+        .limit(scan)
+    )
+    found: list[str] = []
+    for body in bodies:
+        found += [service for service in services_in(body or "") if service not in found]
+    return found
+
+
+async def services_of_user(session: AsyncSession, user_id: int, *, scan: int = 50) -> list[str]:
+    """The services with a template set the user has verified with lately, newest first."""
+    codes = await session.scalars(
+        select(Verification.service).where(Verification.user_id == user_id).order_by(Verification.id.desc()).limit(scan)
+    )
+    found: list[str] = []
+    for code in codes:
+        service = code if code in SERVICE_TEMPLATES else _ALIASES.get(code.lower())
+        if service is not None and service not in found:
+            found.append(service)
+    return found
 
 
 def _own(row: MessageTemplate) -> Template:
@@ -494,6 +654,10 @@ async def get_template(session: AsyncSession, user_id: int, ref: str, locale: st
         return Template(ref, b.name(locale), b.body(locale), True)
     if kind == "u" and key.isdigit():
         return _own(await _row(session, user_id, int(key)))
+    if kind == "s":
+        found = next((t for t in service_templates(key.partition(".")[0], locale) if t.ref == ref), None)
+        if found is not None:
+            return found
     raise TemplateError("not_found")
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import AiUsage, Message, PhoneNumber, User, Verification
+from core.models import AiUsage, Hold, Message, PhoneNumber, User, Verification
 from core.platform.clock import start_of_utc_day, utcnow
 from core.platform.settings import Settings, TierLimits
 
 OPEN_VERIFICATION_STATES = ("requested", "active")
+REFUNDED_HOLD_STATES = ("released", "refunded")
 
 
 class LimitReached(Exception):
@@ -41,11 +42,12 @@ class Usage:
 
     tier: str
     limits: TierLimits
-    verifications_today: int
+    verifications_today: int  # those that cost something: refunded ones are in `verifications_refunded`
     verifications_open: int
     sms_today: int
     numbers_owned: int
     ai_tokens_today: int
+    verifications_refunded: int = 0
 
 
 def limits_for(settings: Settings, user: User) -> TierLimits:
@@ -58,11 +60,18 @@ def next_reset() -> datetime:
 
 async def usage(session: AsyncSession, settings: Settings, user: User) -> Usage:
     today = start_of_utc_day()
-    verifications_today = await session.scalar(
-        select(func.count()).select_from(Verification).where(
+    # A verification whose money came back (cancelled, reported, expired without a code) does not use up the
+    # day's quota: the user got nothing for it. Those still held or charged do.
+    refunded = Hold.state.in_(REFUNDED_HOLD_STATES)
+    counts = (await session.execute(
+        select(
+            func.count().filter(or_(Hold.id.is_(None), ~refunded)),
+            func.count().filter(refunded),
+        ).select_from(Verification).outerjoin(Hold, Hold.id == Verification.hold_id).where(
             Verification.user_id == user.id, Verification.created_at >= today, Verification.state != "failed"
         )
-    )
+    )).one()
+    verifications_today, verifications_refunded = counts[0], counts[1]
     verifications_open = await session.scalar(
         select(func.count()).select_from(Verification).where(
             Verification.user_id == user.id, Verification.state.in_(OPEN_VERIFICATION_STATES)
@@ -83,7 +92,7 @@ async def usage(session: AsyncSession, settings: Settings, user: User) -> Usage:
     return Usage(
         tier=user.tier, limits=limits_for(settings, user), verifications_today=verifications_today or 0,
         verifications_open=verifications_open or 0, sms_today=sms_today or 0, numbers_owned=numbers or 0,
-        ai_tokens_today=tokens or 0,
+        ai_tokens_today=tokens or 0, verifications_refunded=verifications_refunded or 0,
     )
 
 

@@ -48,6 +48,11 @@ def _sign(settings: Settings, body: str) -> str:
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()[:16]
 
 
+def sign_payload(settings: Settings, body: str) -> str:
+    """The MAC an invoice payload carries (top-ups here, tier subscriptions in core.money.subscriptions)."""
+    return _sign(settings, body)
+
+
 def make_payload(settings: Settings, user_id: int, stars: int) -> str:
     body = f"topup:{user_id}:{stars}:{secrets.token_hex(4)}"
     return f"{body}:{_sign(settings, body)}"

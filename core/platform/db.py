@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -23,10 +24,37 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Hosts where TLS protects nothing: the traffic never leaves the machine.
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+# Prepared statements kept per connection. The group commit's IN lists and executemany give one statement per
+# batch size, so SQLAlchemy's default of 100 would keep evicting and preparing again (a round trip each).
+STATEMENT_CACHE_SIZE = 200
+DEFAULT_POOL_SIZE = 20
+
+
+def asyncpg_connect_args(url: str) -> dict[str, Any]:
+    """What asyncpg.connect gets besides the URL: the statement cache, and no TLS attempt on loopback.
+
+    asyncpg's default (sslmode "prefer") asks every new connection for TLS first; on 127.0.0.1 or a Unix socket
+    that is a wasted round trip, or TLS for nothing when the server has it on. Anywhere else the URL decides
+    (`?ssl=require`, `?ssl=verify-full`, ...), and without a word from it asyncpg's "prefer" stays.
+    """
+    parsed = make_url(url)
+    args: dict[str, Any] = {"prepared_statement_cache_size": STATEMENT_CACHE_SIZE}
+    if "ssl" in parsed.query or "sslmode" in parsed.query or os.environ.get("PGSSLMODE"):
+        return args
+    host = str(parsed.host or parsed.query.get("host") or "")
+    if host in _LOOPBACK or host.startswith("/"):
+        args["ssl"] = False
+    return args
+
+
 class Database:
     """Owns the engine; `transaction()` is the unit of work every service call runs in."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_SIZE, keyring: Keyring | None = None
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         # SQL parameters are phone numbers, message bodies and tokens: never in an error or a log line.
@@ -34,7 +62,16 @@ class Database:
         if self.is_sqlite:
             kwargs["poolclass"] = NullPool
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # Sized for what one process serves at once (webhooks in flight, the group-commit writers, the outbox,
+            # the scheduler), so connections are kept rather than opened and closed under load. No pre-ping: it
+            # costs three round trips per checkout; a connection found dead fails its one query, SQLAlchemy then
+            # discards every connection of the pool opened before, and that failure is an outage for
+            # db_faults (a 503 the provider retries, a retry of the outbox cycle). Recycling bounds how long an
+            # idle connection may sit behind a firewall or a server timeout that closes it silently.
+            kwargs.update(
+                pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+                connect_args=asyncpg_connect_args(url),
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

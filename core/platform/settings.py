@@ -38,6 +38,8 @@ class TierLimits(BaseModel):
     verifications_at_once: int = Field(ge=0)
     markup_percent: int = Field(ge=0, le=1000)
     ai_tokens_per_day: int = Field(ge=0)
+    # What /subscribe charges a month for the tier (0: not sold); on Telegram in Stars at STARS_CENTS_PER_STAR.
+    monthly_price_cents: int = Field(0, ge=0)
 
 
 DEFAULT_TIERS: dict[str, TierLimits] = {
@@ -47,11 +49,11 @@ DEFAULT_TIERS: dict[str, TierLimits] = {
     ),
     "pro": TierLimits(
         verifications_per_day=50, sms_per_day=500, numbers_owned=5, verifications_at_once=5,
-        markup_percent=20, ai_tokens_per_day=200_000,
+        markup_percent=20, ai_tokens_per_day=200_000, monthly_price_cents=999,
     ),
     "business": TierLimits(
         verifications_per_day=500, sms_per_day=5_000, numbers_owned=50, verifications_at_once=20,
-        markup_percent=10, ai_tokens_per_day=2_000_000,
+        markup_percent=10, ai_tokens_per_day=2_000_000, monthly_price_cents=4999,
     ),
 }
 TIER_NAMES: tuple[str, ...] = tuple(DEFAULT_TIERS)
@@ -63,6 +65,9 @@ DEFAULT_SMS_COSTS: dict[str, dict[str, int]] = {
     "vonage": {"US": 1, "CA": 1, "GB": 3, "DE": 7, "*": 5},
     "sandbox": {"*": 1},
 }
+
+# Provider cost in cents of one MMS (text and pictures) by destination country; Twilio sends MMS to the US and Canada.
+DEFAULT_MMS_COSTS: dict[str, dict[str, int]] = {"twilio": {"US": 2, "CA": 2, "*": 2}, "sandbox": {"*": 2}}
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -76,6 +81,7 @@ def _split_csv(value: Any) -> Any:
 
 
 CsvInts = Annotated[list[int], NoDecode]
+_TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 def _is_fernet_key(key: str) -> bool:
@@ -95,6 +101,8 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "sqlite+aiosqlite:///./cumapp.db"
+    # PostgreSQL connections one process keeps (and as many more at a peak); instances × 2 × this ≤ max_connections.
+    database_pool_size: int = Field(20, ge=1, le=500)
     public_base_url: str = "http://localhost:8080"
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
@@ -148,6 +156,9 @@ class Settings(BaseSettings):
 
     tier_limits: dict[str, TierLimits] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
     sms_costs: dict[str, dict[str, int]] = Field(default_factory=lambda: dict(DEFAULT_SMS_COSTS))
+    # MMS (core/messaging/media.py): the cost of one MMS, as SMS_COSTS; pictures and files over the cap are named.
+    mms_costs: dict[str, dict[str, int]] = Field(default_factory=lambda: dict(DEFAULT_MMS_COSTS))
+    media_max_bytes: int = Field(5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
     sandbox_sms_success_rate: float = Field(0.95, ge=0, le=1)
     sandbox_code_delay_seconds: float = Field(2.0, ge=0, le=60)
 
@@ -156,6 +167,11 @@ class Settings(BaseSettings):
 
     command_rate_limit: int = Field(30, ge=1)
     command_rate_window_seconds: int = Field(10, ge=1)
+
+    # Integrator API (core.api, webhooks/api): requests a second per key on average, and at once.
+    api_rate_per_second: float = Field(20.0, gt=0)
+    api_rate_burst: int = Field(40, ge=1)
+    api_webhooks_allow_private: bool = False
 
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.CONSOLE
@@ -203,6 +219,14 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("allowed: an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _telegram_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's rule for setWebhook's secret_token; anything else fails only once the bot goes live.
+        if value is not None and not _TELEGRAM_SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("allowed: 1-256 characters, only A-Z, a-z, 0-9, _ and - (Telegram's rule)")
+        return value
 
     @field_validator("data_encryption_keys")
     @classmethod

@@ -188,6 +188,12 @@ class SandboxSmsProvider:
             provider_message_id=message_id, status="queued", cost_cents=segment_count(body) * COST_PER_SEGMENT_CENTS
         )
 
+    async def send_mms(
+        self, from_e164: str, to_e164: str, body: str, media_urls: list[str], status_callback_url: str
+    ) -> SendResult:
+        """An MMS in the sandbox: the text goes as an SMS would; nobody fetches the pictures."""
+        return await self.send(from_e164, to_e164, body or "📎", status_callback_url)
+
     async def balance_cents(self) -> int | None:
         return None  # Nothing is ever charged by the sandbox.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -109,7 +110,8 @@ class SandboxVerificationProvider:
     visible in `sms()`/`details()` and `on_event` (if given) is awaited as a webhook would be. Services in
     `unavailable_services` cannot be rented; those in `timeout_services` never get an SMS and time out at
     `ends_at`. With `balance_cents` set, rentals are paid from it and fail with InsufficientBalance when it
-    runs out. The same `seed` gives the same numbers, ids and codes.
+    runs out. The same `seed` gives the same numbers and codes; ids (rentals, SMS, events) also carry a token
+    unique to this instance, so a restarted process never hands out an id the database already holds.
     """
 
     name = "sandbox"
@@ -124,6 +126,7 @@ class SandboxVerificationProvider:
         timeout_services: Iterable[str] = (),
         balance_cents: int | None = None,
         seed: int | None = 0,
+        run_id: str | None = None,
     ) -> None:
         self.code_delay_seconds = code_delay_seconds
         self.ttl_seconds = ttl_seconds
@@ -132,6 +135,8 @@ class SandboxVerificationProvider:
         self.timeout_services: set[str] = set(timeout_services)
         self._balance_cents = balance_cents
         self._random = random.Random(seed)
+        # Not from the seeded generator: two runs with the same seed must still give different ids.
+        self.run_id = run_id or secrets.token_hex(4)
         self._services = {code: ServiceInfo(code=code, name=name) for code, name, _ in SANDBOX_SERVICES}
         self._prices = {code: cents for code, _, cents in SANDBOX_SERVICES}
         self._rentals: dict[str, _Rental] = {}
@@ -260,7 +265,7 @@ class SandboxVerificationProvider:
 
     def _next_id(self, prefix: str) -> str:
         self._counter += 1
-        return f"{prefix}{self._counter:04d}{self._random.getrandbits(32):08x}"
+        return f"{prefix}{self.run_id}_{self._counter:04d}"
 
     def _new_number(self) -> str:
         for _ in range(1000):

@@ -155,6 +155,15 @@ def map_twilio_error(exc: BaseException) -> SmsProviderError:
     return SmsProviderError(code=text)
 
 
+class MediaTooLarge(SmsProviderError):
+    """A picture or file over the size we relay; `size` in bytes when Twilio announced it."""
+
+    def __init__(self, size: int | None, content_type: str | None) -> None:
+        super().__init__("The picture is too large.", code="too_large")
+        self.size = size
+        self.content_type = content_type
+
+
 class TwilioProvider:
     """SmsProvider over Twilio's REST API, using `*_async` SDK calls on one pooled aiohttp session."""
 
@@ -170,9 +179,13 @@ class TwilioProvider:
         backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 8.0,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        voice_url: str | None = None,
     ) -> None:
         self._http = RebasedAsyncHttpClient(api_base_url, timeout=timeout_seconds)
         self._client = Client(account_sid, auth_token, http_client=self._http)
+        self._credentials = (account_sid, auth_token)
+        # Where calls to the numbers we buy are sent (the voice webhook); None leaves Twilio's default.
+        self.voice_url = voice_url
         self._max_attempts = max(1, max_attempts)
         self._backoff = backoff_seconds
         self._max_backoff = max_backoff_seconds
@@ -278,7 +291,8 @@ class TwilioProvider:
         record = await self._call(
             "buy_number",
             lambda: numbers.create_async(
-                phone_number=e164, sms_url=sms_url, sms_method="POST", status_callback=status_url
+                phone_number=e164, sms_url=sms_url, sms_method="POST", status_callback=status_url,
+                **self._voice_settings(),
             ),
         )
         country = country_of(record.phone_number or e164)
@@ -288,6 +302,97 @@ class TwilioProvider:
             country=country,
             monthly_cost_cents=await self._local_monthly_cost(country),
         )
+
+    def _voice_settings(self) -> dict[str, str]:
+        return {"voice_url": self.voice_url, "voice_method": "POST"} if self.voice_url else {}
+
+    async def set_voice_url(self, provider_sid: str) -> None:
+        """Point an owned number's calls at our voice webhook (numbers bought before calls were handled)."""
+        if not self.voice_url:
+            return
+        number = self._client.api.v2010.account.incoming_phone_numbers(provider_sid)
+        await self._call("set_voice_url", lambda: number.update_async(**self._voice_settings()), idempotent=True)
+
+    async def fetch_recording(self, recording_url: str, max_bytes: int) -> bytes:
+        """A voicemail as MP3 (`RecordingUrl` + ".mp3"), fetched with the account's credentials. Only Twilio's
+        own hosts get them: the URL comes from a webhook, signed, but credentials go nowhere else."""
+        host = (urlsplit(recording_url).hostname or "").lower()
+        if urlsplit(recording_url).scheme != "https" or not (host == "twilio.com" or host.endswith(".twilio.com")):
+            raise SmsProviderError("The recording is not at Twilio.", code="recording_url")
+        url = self._http.rebase(recording_url.removesuffix(".mp3").removesuffix(".wav") + ".mp3")
+
+        async def download() -> bytes:
+            if self._http.session is None or self._http.session.closed:
+                self._http.session = aiohttp.ClientSession()
+            token = base64.b64encode(":".join(self._credentials).encode()).decode("ascii")
+            timeout = aiohttp.ClientTimeout(total=self._http.timeout)
+            async with self._http.session.get(
+                url, headers={"Authorization": f"Basic {token}"}, timeout=timeout
+            ) as response:
+                if response.status != 200:
+                    status = response.status
+                    retryable = status >= 500 or status in (404, 429)  # 404: not stored yet, moments after the call
+                    raise ProviderUnavailable(code=str(status), retryable=retryable) if retryable else (
+                        SmsProviderError("The recording could not be fetched.", code=str(status))
+                    )
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise SmsProviderError("The recording is too large.", code="too_large")
+                return bytes(data)
+
+        return await self._call("fetch_recording", download, idempotent=True)
+
+    async def fetch_media(self, media_url: str, max_bytes: int) -> tuple[bytes, str]:
+        """An MMS picture or file (`MediaUrl<N>`) and its content type, fetched with the account's credentials and
+        following Twilio's redirect to its storage (aiohttp drops the credentials on a redirect to another host).
+        Over `max_bytes` it raises MediaTooLarge with the size when Twilio says it, without reading further."""
+        parts = urlsplit(media_url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme != "https" or not (host == "twilio.com" or host.endswith(".twilio.com")):
+            raise SmsProviderError("The picture is not at Twilio.", code="media_url")
+        url = self._http.rebase(media_url)
+
+        async def download() -> tuple[bytes, str]:
+            if self._http.session is None or self._http.session.closed:
+                self._http.session = aiohttp.ClientSession()
+            token = base64.b64encode(":".join(self._credentials).encode()).decode("ascii")
+            timeout = aiohttp.ClientTimeout(total=self._http.timeout)
+            async with self._http.session.get(
+                url, headers={"Authorization": f"Basic {token}"}, timeout=timeout
+            ) as response:
+                if response.status != 200:
+                    status = response.status
+                    if status >= 500 or status == 429:
+                        raise ProviderUnavailable(code=str(status))
+                    raise SmsProviderError("The picture could not be fetched.", code=str(status))
+                if response.content_length is not None and response.content_length > max_bytes:
+                    raise MediaTooLarge(response.content_length, response.content_type)
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise MediaTooLarge(None, response.content_type)
+                return bytes(data), response.headers.get("Content-Type", "application/octet-stream")
+
+        return await self._call("fetch_media", download, idempotent=True)
+
+    async def send_mms(
+        self, from_e164: str, to_e164: str, body: str, media_urls: list[str], status_callback_url: str
+    ) -> SendResult:
+        """An MMS: the text and pictures Twilio fetches from `media_urls` (ours, short-lived)."""
+        messages = self._client.api.v2010.account.messages
+        record = await self._call(
+            "send_mms",
+            lambda: messages.create_async(
+                to=to_e164, from_=from_e164, body=body or values.unset, media_url=media_urls,
+                status_callback=status_callback_url,
+            ),
+        )
+        raw = (record.status or "queued").lower()
+        status: SendStatus = "accepted" if raw == "accepted" else "sent" if raw in ("sending", "sent") else "queued"
+        return SendResult(provider_message_id=str(record.sid), status=status, cost_cents=price_to_cents(record.price))
 
     async def release_number(self, provider_sid: str) -> None:
         number = self._client.api.v2010.account.incoming_phone_numbers(provider_sid)

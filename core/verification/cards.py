@@ -5,7 +5,7 @@ The handlers show the same status screens, so they build them here too.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from core.models import Verification
 from core.platform import outbox
@@ -18,8 +18,13 @@ ACTION_CANCEL = "vfc"  # vfc:<verification id>
 ACTION_REPORT = "vfr"
 ACTION_ANOTHER = "vfn"
 ACTION_DONE = "vfd"
-ACTION_REUSE = "vfu"
+ACTION_REUSE = "vfu"  # the old direct "Same number again" (no Confirm); buttons already in chats still work
 ACTION_REFRESH = "vfv"
+ACTION_SAME_NUMBER = "vfs"  # vfs:<verification id> → the same number again (reuse or reactivate): price, Confirm
+
+# Right after the code the provider lets the number be reused (TextVerified's `reuse.reusableUntil`, minutes);
+# a card written without asking the provider offers it only that long, so it is not shown where it cannot work.
+REUSE_OFFER_WINDOW = timedelta(minutes=5)
 
 
 def _time_left(v: Verification, locale: str, now: datetime) -> Html:
@@ -38,10 +43,18 @@ def _failure_text(v: Verification, locale: str) -> Html:
 
 
 def status_message(
-    v: Verification, locale: str, *, edit_message_id: str | None = None, now: datetime | None = None
+    v: Verification, locale: str, *, edit_message_id: str | None = None, now: datetime | None = None,
+    same_number: str | None = "unknown",
 ) -> outbox.OutgoingMessage:
-    """The live status of one verification, with the buttons its state allows."""
+    """The live status of one verification, with the buttons its state allows.
+
+    `same_number` is how the provider would give the number again ("reuse", "reactivate", None for not at all),
+    as a caller that asked it knows; "unknown" offers "Same number again" only while a reuse is likely to work.
+    """
     now = now or utcnow()
+    if same_number == "unknown":
+        fresh = v.code_received_at is not None and now - v.code_received_at < REUSE_OFFER_WINDOW
+        same_number = "reuse" if fresh and v.state == "code_received" else None
     number = v.phone_number or ""
     common = {"service": v.service_name, "number": number, "price": money(v.price_cents)}
     rows: list[tuple[outbox.OutButton, ...]] = []
@@ -66,10 +79,14 @@ def status_message(
         text = t(locale, key, code=v.code or "", **common)
         if v.code:
             rows.append((outbox.OutButton(t(locale, "vf_btn_copy_code"), copy_text=v.code),))
+        same = (
+            button("vf_btn_reuse" if same_number == "reuse" else "vf_btn_reactivate", ACTION_SAME_NUMBER)
+            if same_number in ("reuse", "reactivate") else None
+        )
         if v.state == "code_received":
-            rows.append((button("vf_btn_done", ACTION_DONE), button("vf_btn_reuse", ACTION_REUSE)))
+            rows.append((button("vf_btn_done", ACTION_DONE), *((same,) if same else ())))
         else:
-            rows.append((again,))
+            rows.append(((same,) if same else ()) + (again,))
     elif v.state in ("cancelled", "expired"):
         text = t(locale, f"vf_status_{v.state}", **common)
         rows.append((again,))

@@ -15,6 +15,7 @@ from core.models import User, Verification
 from core.money import ledger, limits
 from core.platform.clock import utcnow
 from core.platform.db import Database
+from core.platform.db_faults import database_unavailable, describe
 from core.platform.i18n import t
 from core.platform.settings import Settings
 from core.providers.verification import InsufficientBalance, ProviderError, ProviderVerification
@@ -32,6 +33,11 @@ OFFER_KIND = "vfoffer"
 OFFER_TTL = timedelta(minutes=30)
 # A double click that finds the first click's purchase still running waits this long for its outcome.
 SETTLE_WAIT = 5.0
+
+
+class PurchaseNotRecorded(ProviderError):
+    """The provider rented a number that could not be recorded here; it was given back and nothing was charged.
+    Shown as the provider's short "try again in a moment" (the details went to the log)."""
 
 
 class Purchases:
@@ -136,23 +142,51 @@ class Purchases:
             # Whatever went wrong (a provider refusal or our own defect), the user's money must not stay held.
             await self._fail(verification, error)
             raise
-        async with self.db.transaction() as session:
-            active = await transition(
-                session, verification.id, ("requested",), state="active",
-                provider_verification_id=rented.id, phone_number=rented.number,
-                ends_at=rented.ends_at or utcnow() + DEFAULT_RENTAL,
-                provider_cost_cents=rented.cost_cents or verification.provider_cost_cents,
-            )
+        try:
+            async with self.db.transaction() as session:
+                active = await transition(
+                    session, verification.id, ("requested",), state="active",
+                    provider_verification_id=rented.id, phone_number=rented.number,
+                    ends_at=rented.ends_at or utcnow() + DEFAULT_RENTAL,
+                    provider_cost_cents=rented.cost_cents or verification.provider_cost_cents,
+                )
+        except BaseException as error:
+            # Bought at the provider but not recorded (a constraint clash, the database gone, a cancelled task):
+            # the rental goes back and the hold is released, shielded so a cancellation cannot stop half-way.
+            await asyncio.shield(self._undo(verification, rented, error))
+            if isinstance(error, Exception) and not isinstance(error, ProviderError) and not database_unavailable(error):
+                raise PurchaseNotRecorded(f"verification {verification.id}: {describe(error)}") from error
+            raise
         if active is not None:
             return active
         # The sweeper gave up on this purchase while the provider was still answering: the user was refunded,
         # so the number must go back too.
         log.warning("verification %s was bought after it had been failed; cancelling %s", verification.id, rented.id)
-        try:
-            await self.gateway.call("cancel", self.gateway.provider.cancel(rented.id))
-        except ProviderError as error:
-            log.warning("cancelling the late number %s failed: %s", rented.id, error)
+        await self._cancel_rental(rented.id)
         return await self.records.load(verification.id)
+
+    async def _undo(self, verification: Verification, rented: ProviderVerification, error: BaseException) -> None:
+        """After a failure past the provider call: the rental cancelled at the provider, then the hold released,
+        each once (the rental first: unlike the hold, nothing would ever find it again)."""
+        if database_unavailable(error):
+            log.warning("verification %s: recording rental %s failed, the database is unavailable (%s); cancelling it",
+                        verification.id, rented.id, describe(error))
+        elif isinstance(error, Exception):
+            log.error("verification %s: recording rental %s failed; cancelling it", verification.id, rented.id,
+                      exc_info=error)
+        await self._cancel_rental(rented.id)
+        try:
+            await self._fail(verification, error)
+        except Exception as fail_error:
+            # The database is still away: the sweeper fails this purchase and releases its hold later.
+            log.warning("verification %s: releasing the hold failed (%s); the sweeper will", verification.id,
+                        describe(fail_error))
+
+    async def _cancel_rental(self, rental_id: str) -> None:
+        try:
+            await self.gateway.call("cancel", self.gateway.provider.cancel(rental_id))
+        except ProviderError as error:
+            log.warning("cancelling the unrecorded rental %s failed: %s", rental_id, error)
 
     async def _fail(self, verification: Verification, error: BaseException) -> None:
         kind = failure_kind(error)

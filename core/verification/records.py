@@ -13,6 +13,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.api import events as api_events
 from core.models import User, Verification, WebhookEvent
 from core.money import ledger
 from core.platform import outbox
@@ -33,13 +34,16 @@ async def transition(
     session: AsyncSession, verification_id: int, from_states: tuple[str, ...], **values: Any
 ) -> Verification | None:
     """The one way a verification changes: only from `from_states`, so repeats and races change nothing."""
-    return await session.scalar(
+    moved = await session.scalar(
         update(Verification)
         .where(Verification.id == verification_id, Verification.state.in_(from_states))
         .values(updated_at=utcnow(), **values)
         .returning(Verification),
         execution_options={"populate_existing": True, "synchronize_session": False},
     )
+    if moved is not None:
+        await api_events.verification_changed(session, moved, values)  # integrators hear of it with the change
+    return moved
 
 
 async def enqueue_status(session: AsyncSession, verification: Verification, locale: str | None = None) -> None:

@@ -16,6 +16,7 @@ from core.models import User, Verification, VerificationSms
 from core.money import ledger
 from core.platform import outbox
 from core.platform.clock import utcnow
+from core.platform.crypto import PLAIN_TEXT
 from core.platform.db import Database
 from core.providers.verification import ProviderSms
 from core.verification.cards import code_message
@@ -72,12 +73,16 @@ class SmsRelay:
             if event_key is not None and not await record_event(session, self.gateway.name, event_key):
                 return EventOutcome.DUPLICATE
             # A webhook names an SMS by its event id, the SMS list by the SMS's own id: the same text on the same
-            # verification is the same SMS seen twice.
+            # verification is the same SMS seen twice. The text is encrypted (a fresh token each time), so it is
+            # found by its keyed fingerprint, under any configured key: rows written before a rotation match too.
+            keyring = self.db.keyring or PLAIN_TEXT
+            dedupe_text = VerificationSms.dedupe_text(verification.id, sms.text)
             seen = await session.scalar(
                 select(
                     exists().where(
                         VerificationSms.verification_id == verification.id,
-                        (VerificationSms.provider_sms_id == sms.id[:128]) | (VerificationSms.text == sms.text),
+                        (VerificationSms.provider_sms_id == sms.id[:128])
+                        | VerificationSms.text_hash.in_(keyring.fingerprints(dedupe_text)),
                     )
                 )
             )
@@ -88,7 +93,8 @@ class SmsRelay:
             sms_id = await session.scalar(
                 dialect_insert(session)(VerificationSms)
                 .values(
-                    verification_id=verification.id, provider_sms_id=sms.id[:128], text=sms.text, code=code,
+                    verification_id=verification.id, provider_sms_id=sms.id[:128], text=sms.text,
+                    text_hash=keyring.fingerprint(dedupe_text), code=code,
                     received_at=sms.received_at or now,
                 )
                 .on_conflict_do_nothing(index_elements=["verification_id", "provider_sms_id"])

@@ -21,7 +21,7 @@ from core.platform.settings import Settings
 from core.providers.plan import ProviderPlan
 from core.providers.verification import ServiceInfo, VerificationProvider
 from core.providers.verification import WebhookEvent as ProviderEvent
-from core.verification.actions import UserActions
+from core.verification.actions import SameNumberOffer, UserActions
 from core.verification.cards import (
     ACTION_ANOTHER,
     ACTION_CANCEL,
@@ -30,6 +30,7 @@ from core.verification.cards import (
     ACTION_REFRESH,
     ACTION_REPORT,
     ACTION_REUSE,
+    ACTION_SAME_NUMBER,
     status_message,
 )
 from core.verification.catalogue import Catalogue, CataloguePage, Quote
@@ -50,8 +51,10 @@ __all__ = [
     "ACTION_REFRESH",
     "ACTION_REPORT",
     "ACTION_REUSE",
+    "ACTION_SAME_NUMBER",
     "DEFAULT_RENTAL",
     "EventOutcome",
+    "SameNumberOffer",
     "UnknownService",
     "VerificationError",
     "VerificationService",
@@ -127,6 +130,12 @@ class VerificationService:
     async def another_number(self, user_id: int, verification_id: int) -> Verification:
         return await self._actions.another_number(user_id, verification_id)
 
+    async def same_number_offer(self, user_id: int, verification_id: int) -> SameNumberOffer | None:
+        return await self._actions.same_number_offer(user_id, verification_id)
+
+    async def reactivate(self, user_id: int, verification_id: int, request_key: str) -> Verification:
+        return await self._actions.reactivate(user_id, verification_id, request_key)
+
     async def get(self, user_id: int, verification_id: int) -> Verification:
         return await self._actions.get(user_id, verification_id)
 
@@ -191,7 +200,8 @@ def build_verification_service(
         return VerificationService(db, provider, settings, metrics)
     from core.providers.sandbox_verification import SandboxVerificationProvider
 
-    sandbox = SandboxVerificationProvider(code_delay_seconds=settings.sandbox_code_delay_seconds)
+    # A fresh seed per run: numbers and codes differ from the last run's, as real ones would.
+    sandbox = SandboxVerificationProvider(code_delay_seconds=settings.sandbox_code_delay_seconds, seed=None)
     service = VerificationService(db, sandbox, settings, metrics)
     sandbox.on_event = service.on_provider_event
     return service

@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 
 from bot.discord import DiscordFrontEnd
 from bot.handlers import router
+from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef, toast
 from bot.render import plain_text
 from core.models import AuditLog, ChatIdentity, OutboxDelivery, User
@@ -136,7 +137,7 @@ async def test_start_menu_balance_and_history_with_csv(db: Database) -> None:
         assert not start["flags"] & 64  # /start holds nothing private: a normal message in the user's DM
 
         press = await h.press(ann, start, "cmd:balance")
-        assert press.callback_type == 7  # the menu message itself becomes the balance
+        assert press.callback_type == 6  # acknowledged before the flow ran; then the menu message becomes the balance
         balance = h.fake.messages[int(start["id"])]
         assert "Available: $5.00" in text_of(balance) and "Tier: free" in text_of(balance)
         assert "Verifications: 0/5" in text_of(balance)
@@ -196,8 +197,8 @@ async def test_markup_in_names_and_texts_is_shown_literally(db: Database) -> Non
         start = await h.command(zoe, "start")
         assert "\\*Zoë\\* \\_x\\_ \\`y\\` <@&1> # h" in text_of(start)
         # Names and SMS texts may hold mentions: nobody is ever pinged by what the bot shows.
-        [callback] = h.fake.calls("POST", r"/callback$")
-        assert callback.json["data"]["allowed_mentions"]["parse"] == []
+        [answer] = h.fake.calls("POST", r"^/webhooks/")  # the follow-up after the acknowledgement
+        assert answer.json["allowed_mentions"]["parse"] == []
 
 
 # --- linking with Telegram: one account, same figures on both apps -------------------------------------------------
@@ -323,33 +324,47 @@ async def test_a_command_discord_still_shows_after_it_was_removed_is_answered_by
 # --- slow flows, timeouts, errors ----------------------------------------------------------------------------------
 
 
-async def test_a_slow_command_is_deferred_in_time_and_answered_by_follow_up(
+async def test_an_interaction_is_acknowledged_before_its_flow_runs_and_answered_after_it(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
     async def slow(req: router.Request) -> Screen:
-        await asyncio.sleep(1.5)
+        started.append("history")
+        await release.wait()
         return Screen("done <b>slowly</b>", buttons=[[Button("Again", action="hist:0")]])
 
     async def slow_page(req: router.Request) -> Screen:
-        await asyncio.sleep(1.5)
+        started.append("page")
+        await release.wait()
         return Screen("page <i>two</i>", edit=True)
 
+    load_flows()  # /history registered even when this test runs alone
     monkeypatch.setitem(router.COMMANDS, "history", dataclasses.replace(router.COMMANDS["history"], flow=slow))
     monkeypatch.setitem(router.ACTIONS, "hist", (slow_page, False))
     async with discord_app(db) as h:
         eli = h.user(206)
         interaction = h.fake.command(eli, "history")
-        started = asyncio.get_running_loop().time()
         h.fake.dispatch(h.front.client, interaction)
         await h.fake.answered(interaction)
+        # "thinking…", privately, while the flow has not answered (it waits for `release`)
         assert interaction.callback_type == 5 and interaction.ephemeral_original
-        assert asyncio.get_running_loop().time() - started < 1.4  # inside Discord's 3 s, long before the flow ends
+        assert not h.fake.calls("POST", r"^/webhooks/")
+        release.set()
         await h.front.idle()
         [message] = h.fake.produced(interaction)
         assert message["content"] == "done **slowly**" and message["flags"] == 64  # "thinking…" replaced
 
-        press = await h.press(eli, message, "hist:0")
-        assert press.callback_type == 6  # acknowledged; the edit follows through the interaction's webhook
+        release.clear()
+        press = h.fake.component(eli, message, "hist:0")
+        h.fake.dispatch(h.front.client, press)
+        await h.fake.answered(press)
+        assert press.callback_type == 6  # acknowledged; the message is unchanged until the flow answers
+        assert h.fake.messages[int(message["id"])]["content"] == "done **slowly**"
+        release.set()
+        await h.front.idle()
+        assert started == ["history", "page"]
         assert h.fake.calls("PATCH", r"^/webhooks/\d+/[^/]+/messages/@original$")
         assert h.fake.messages[int(message["id"])]["content"] == "page *two*"
         assert not h.fake.messages[int(message["id"])]["components"]
@@ -363,7 +378,7 @@ async def test_menus_time_out_and_their_buttons_are_disabled(db: Database) -> No
         message_id = int(settings["id"])
         await h.fake.wait_for(lambda: all(disabled(h.fake.messages[message_id])), timeout=3.0)
         assert len(disabled(h.fake.messages[message_id])) == 4
-        assert h.fake.calls("PATCH", r"^/webhooks/\d+/[^/]+/messages/@original$")
+        assert h.fake.calls("PATCH", rf"^/webhooks/\d+/[^/]+/messages/{message_id}$")
 
 
 async def test_an_exception_in_a_flow_gives_an_error_id_and_the_bot_goes_on(
@@ -460,7 +475,7 @@ async def test_a_long_list_becomes_a_select_menu_and_a_choice_is_routed(db: Data
         assert noop.callback_type == 6  # a press with nothing to show is acknowledged, nothing changes
         select_id = rows[0]["components"][0]["custom_id"]
         press = await h.press(ida, listing, select_id, values=["dcpick:7"])
-        assert press.callback_type == 7
+        assert press.callback_type == 6  # acknowledged first; the flow's answer then edits the message
         assert h.fake.messages[int(listing["id"])]["content"] == "You picked 7"
 
 
@@ -610,7 +625,8 @@ async def test_a_relayed_sms_arrives_by_dm_and_its_reply_button_opens_a_text_box
         assert opened.modal["title"] == "Reply"
         answered = await h.write(kim, opened, "See you at 5")
         assert replies == [("See you at 5", SentRef("discord", "212", dm["id"]), {"kind": "dc_test", "conversation_id": 7})]
-        [confirmation] = h.fake.produced(answered)
+        assert answered.callback_type == 6 and answered.original_id == int(dm["id"])  # acknowledged, DM unchanged
+        [confirmation] = [m for m in h.fake.produced(answered) if m["id"] != dm["id"]]
         assert confirmation["content"] == "✅ Sent to **+1 555 0100**" and not confirmation["flags"] & 64
 
 

@@ -6,7 +6,8 @@ from `DISCORD_API_BASE_URL`); `GET /gateway/bot` then names the fake's own gatew
 What it serves: login (`GET /users/@me`, `GET /oauth2/applications/@me`), the gateway address and a minimal
 gateway (HELLO, IDENTIFY → READY, heartbeats, dispatched events), command sync (`PUT …/commands`, global and per
 guild, payloads recorded), interaction callbacks (types 4 message, 5 deferred, 6 deferred update, 7 update,
-8 autocomplete, 9 modal), follow-ups and edits through the interaction webhook, DM channels and their messages.
+8 autocomplete, 9 modal), follow-ups and edits through the interaction webhook, DM channels and their messages,
+and the CDN for files users upload in a modal's file upload (`modal_submit(files=…)`: `resolved.attachments`).
 Message bodies are checked against Discord's limits (2,000 characters of content, five action rows of five
 buttons, unique custom ids, 25 select options…) and refused with Discord's `50035 Invalid Form Body`.
 
@@ -157,6 +158,8 @@ class FakeDiscordServer:
         self.identifies: list[JSONDict] = []
         self.gateway_queries: list[dict[str, str]] = []
         self._failures: list[_Failure] = []
+        self.cdn: dict[str, tuple[bytes, str]] = {}  # path → (content, content type): files users uploaded
+        self.cdn_requests: list[str] = []
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
         self._sockets: list[web.WebSocketResponse] = []
@@ -268,6 +271,10 @@ class FakeDiscordServer:
         return response
 
     async def _respond(self, request: web.Request, record: Request) -> web.Response:
+        if request.method == "GET" and request.path in self.cdn:  # the CDN: signed query (ex, is, hm) not checked
+            self.cdn_requests.append(request.path)
+            content, content_type = self.cdn[request.path]
+            return web.Response(body=content, content_type=content_type)
         if not request.path.startswith(API_PREFIX):
             return _json({"message": "404: Not Found", "code": 0}, status=404)
         try:
@@ -645,23 +652,56 @@ class FakeDiscordServer:
         guild_id = int(stored["guild_id"]) if stored.get("guild_id") else None
         return self._base(3, user, data, guild_id=guild_id, message=stored)
 
-    def modal_submit(self, user: FakeUser, opened_by: Interaction, text: str) -> Interaction:
-        """The user fills the modal `opened_by` answered with and submits it (MODAL_SUBMIT)."""
+    def modal_submit(self, user: FakeUser, opened_by: Interaction, text: str,
+                     files: list[tuple[str, bytes, str]] | None = None) -> Interaction:
+        """The user fills the modal `opened_by` answered with and submits it (MODAL_SUBMIT). `files`
+        (filename, content, content type) go into its file upload: uploaded to the CDN, which this server
+        serves at the attachment's URL, and named in `resolved.attachments` as Discord does."""
         modal = opened_by.modal
         if modal is None:
             raise ValueError("that interaction was not answered with a modal")
         components = []
+        resolved: JSONDict = {}
         for component in modal["components"]:
-            if component["type"] == 18:
+            if component["type"] == 18 and component["component"]["type"] == 19:
+                inner = component["component"]
+                uploaded = [self._upload(opened_by.channel_id, *file) for file in files or []]
+                if uploaded:
+                    resolved.setdefault("attachments", {}).update({a["id"]: a for a in uploaded})
+                components.append({"type": 18, "id": component.get("id", 0), "component": {
+                    "type": 19, "id": inner.get("id", 0), "custom_id": inner["custom_id"],
+                    "values": [a["id"] for a in uploaded]}})
+            elif component["type"] == 18:
                 inner = component["component"]
                 components.append({"type": 18, "id": component.get("id", 0),
                                    "component": {"type": inner["type"], "custom_id": inner["custom_id"], "value": text}})
             elif component["type"] == 1:
                 inner = component["components"][0]
                 components.append({"type": 1, "components": [{"type": 4, "custom_id": inner["custom_id"], "value": text}]})
-        data = {"custom_id": modal["custom_id"], "components": components}
+        if files and "attachments" not in resolved:
+            raise ValueError("that modal has no file upload")
+        data: JSONDict = {"custom_id": modal["custom_id"], "components": components}
+        if resolved:
+            data["resolved"] = resolved
         message = self.messages.get(opened_by.message_id) if opened_by.message_id else None
         return self._base(5, user, data, guild_id=opened_by.guild_id, message=message)
+
+    def redelivered(self, interaction: Interaction) -> Interaction:
+        """The same interaction again under a new id and token, its data (attachments included) unchanged: a
+        double submit, or a retry on the client's side."""
+        message = self.messages.get(interaction.message_id) if interaction.message_id else None
+        return self._base(interaction.type, interaction.user, dict(interaction.payload.get("data") or {}),
+                          guild_id=interaction.guild_id, message=message)
+
+    def _upload(self, channel_id: int, filename: str, content: bytes, content_type: str) -> JSONDict:
+        """A file a user uploaded in a modal: an ephemeral attachment whose signed CDN URL this server serves."""
+        attachment_id = str(self.snowflake())
+        path = f"/ephemeral-attachments/{channel_id}/{attachment_id}/{filename}"
+        self.cdn[path] = (content, content_type)
+        expires = f"{int(time.time()) + 86400:x}"
+        url = f"http://127.0.0.1:{self.port}{path}?ex={expires}&is={int(time.time()):x}&hm={'0' * 64}&"
+        return {"id": attachment_id, "filename": filename, "size": len(content), "url": url, "proxy_url": url,
+                "content_type": content_type, "ephemeral": True}
 
     def _command_id(self, name: str, guild_id: int | None) -> str:
         for key in (guild_id, None):
@@ -857,8 +897,14 @@ def _modal_errors(data: JSONDict) -> list[str]:
             if len(component.get("description") or "") > 100:
                 errors.append("label.description: at most 100 characters")
             inner = component.get("component") or {}
+            if inner.get("type") == 19:  # a file upload
+                if not inner.get("custom_id"):
+                    errors.append("file upload: custom_id required")
+                if not 0 <= int(inner.get("min_values", 1)) <= 10 or not 1 <= int(inner.get("max_values", 1)) <= 10:
+                    errors.append("file upload: min_values 0 to 10, max_values 1 to 10")
+                continue
             if inner.get("type") != 4 or not inner.get("custom_id"):
-                errors.append("label: holds a text input with a custom_id")
+                errors.append("label: holds a text input or a file upload with a custom_id")
             if len(inner.get("placeholder") or "") > 100 or int(inner.get("max_length") or 0) > 4000:
                 errors.append("text input: placeholder ≤ 100, max_length ≤ 4000")
         elif component.get("type") == 10:

@@ -575,6 +575,26 @@ class FakeUser:
         }
         return self.server.queue_update(update)
 
+    def reply_photo(
+        self, to_message: JSONDict | int, content: bytes, *, caption: str | None = None
+    ) -> JSONDict:
+        """A photo (JPEG bytes, stored so getFile and the file path serve it) sent as a reply to a bot message."""
+        original = self.server._current_message(to_message, default_chat=self.id)
+        chat = self.server._chats.get(original["chat"]["id"], original["chat"])
+        reply_to = copy.deepcopy(original)
+        reply_to.pop("reply_to_message", None)
+        stored = self.server._store_file("photo", UploadedFile("photo.jpg", content, "image/jpeg"), None)
+        sizes = [
+            {"file_id": f"{stored.file_id}-s", "file_unique_id": f"{stored.file_unique_id}s", "width": 90,
+             "height": 90, "file_size": len(content) // 10},
+            {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id, "width": 800, "height": 800,
+             "file_size": len(content)},
+        ]
+        extra: JSONDict = {"reply_to_message": reply_to, "photo": sizes}
+        if caption:
+            extra["caption"] = caption
+        return self._message_update(chat, extra=extra)
+
     def share_contact(self, phone_number: str) -> JSONDict:
         """The user's own contact, as sent by a KeyboardButton(request_contact=True)."""
         contact: JSONDict = {"phone_number": phone_number, "first_name": self.first_name, "user_id": self.id}
@@ -602,16 +622,31 @@ class FakeUser:
         total_amount: int,
         currency: str = "XTR",
         charge_id: str | None = None,
+        *,
+        subscription_expiration_date: int | None = None,
+        is_recurring: bool = False,
+        is_first_recurring: bool = False,
     ) -> JSONDict:
-        """The service message with successful_payment; the charge becomes refundable."""
+        """The service message with successful_payment; the charge becomes refundable.
+
+        A Stars subscription's payments carry `subscription_expiration_date` (unix time) and, for the first one
+        and each renewal, `is_recurring` (`is_first_recurring` on the first); a renewal is delivered the same way."""
         charge_id = charge_id or self.server._new_charge_id(self.id)
-        payment = {
+        payment: JSONDict = {
             "currency": currency,
             "total_amount": total_amount,
             "invoice_payload": invoice_payload,
             "telegram_payment_charge_id": charge_id,
             "provider_payment_charge_id": "" if currency == "XTR" else f"provider-{charge_id}",
         }
+        if subscription_expiration_date is not None:
+            payment["subscription_expiration_date"] = subscription_expiration_date
+        if is_recurring:
+            payment["is_recurring"] = True
+        if is_first_recurring:
+            payment["is_first_recurring"] = True
+        if subscription_expiration_date is not None or is_recurring:
+            self.server.star_subscriptions.setdefault(charge_id, {"user_id": self.id, "canceled": False})
         self.server.charges[charge_id] = {
             "user_id": self.id,
             "total_amount": total_amount,
@@ -719,6 +754,8 @@ class FakeTelegramServer:
         self.bot_short_descriptions: dict[str, str] = {}
         self.invoices: list[JSONDict] = []
         self.charges: dict[str, JSONDict] = {}
+        # Charge id of a Stars subscription payment -> {"user_id", "canceled"} (editUserStarSubscription).
+        self.star_subscriptions: dict[str, JSONDict] = {}
         self.files: dict[str, _StoredFile] = {}
         self.blocked: dict[int | str, str] = {}
 
@@ -770,6 +807,9 @@ class FakeTelegramServer:
             "sendMessage": self._send_message,
             "sendPhoto": lambda call: self._send_media(call, "photo"),
             "sendDocument": lambda call: self._send_media(call, "document"),
+            "sendMediaGroup": self._send_media_group,
+            "sendAudio": lambda call: self._send_media(call, "audio"),
+            "sendVoice": lambda call: self._send_media(call, "voice"),
             "sendInvoice": self._send_invoice,
             "createInvoiceLink": self._create_invoice_link,
             "sendChatAction": self._send_chat_action,
@@ -781,6 +821,7 @@ class FakeTelegramServer:
             "answerCallbackQuery": self._answer_callback_query,
             "answerPreCheckoutQuery": self._answer_pre_checkout_query,
             "refundStarPayment": self._refund_star_payment,
+            "editUserStarSubscription": self._edit_user_star_subscription,
             "getFile": self._get_file,
         }.items():
             self._handlers[name.lower()] = (name, handler)
@@ -1622,9 +1663,37 @@ class FakeTelegramServer:
                 document["file_name"] = stored.filename
             if stored.mime_type:
                 document["mime_type"] = stored.mime_type
-            content["document"] = document
+            if kind in ("audio", "voice"):  # sendAudio/sendVoice: the file plus what a player shows
+                document["duration"] = _as_int(params.get("duration") or 0)
+                for field_name in ("title", "performer") if kind == "audio" else ():
+                    if params.get(field_name):
+                        document[field_name] = str(params[field_name])
+            content[kind if kind in ("audio", "voice") else "document"] = document
         content.update(self._caption_content(params))
         return self._bot_message(chat, params, content)
+
+    def _send_media_group(self, call: Call) -> list[JSONDict]:
+        """An album: 2-10 photos or documents (uploaded as attach://<name> parts), one message each."""
+        media = call.params.get("media")
+        if not isinstance(media, list) or not 2 <= len(media) <= 10:
+            raise ApiError(400, "Bad Request: wrong number of messages to send, must be 2-10")
+        chat = self._resolve_chat(call.params.get("chat_id"))
+        sent = []
+        for item in media:
+            kind = str(item.get("type") or "")
+            if kind not in ("photo", "document"):
+                raise ApiError(400, f"Bad Request: unsupported media type {kind!r}")
+            reference = item.get("media")
+            upload = None
+            if isinstance(reference, str) and reference.startswith("attach://"):
+                upload = call.files.get(reference[len("attach://"):])
+            item_call = Call(call.method, {"chat_id": call.params.get("chat_id"), kind: reference,
+                                           "caption": item.get("caption"), "parse_mode": item.get("parse_mode")},
+                             files={kind: upload} if upload is not None else {})
+            message = self._send_media(item_call, kind)
+            message["media_group_id"] = f"group{chat['id']}{call.params.get('chat_id')}{len(self.calls)}"
+            sent.append(message)
+        return sent
 
     def _validate_invoice(self, params: JSONDict) -> int:
         prices = params.get("prices")
@@ -1665,7 +1734,14 @@ class FakeTelegramServer:
         return message
 
     def _create_invoice_link(self, call: Call) -> str:
-        self._validate_invoice(call.params)
+        total = self._validate_invoice(call.params)
+        period = call.params.get("subscription_period")
+        if period is not None:
+            # Subscriptions: Stars only, exactly 30 days, at most 10000 Stars a period.
+            if str(call.params.get("currency")) != "XTR" or _as_int(period) != 2592000:
+                raise ApiError(400, "Bad Request: SUBSCRIPTION_PERIOD_INVALID")
+            if total > 10000:
+                raise ApiError(400, "Bad Request: STARS_INVOICE_INVALID")
         self.invoices.append(copy.deepcopy(call.params))
         return f"https://t.me/$FakeInvoice{next(self._seq)}"
 
@@ -1780,6 +1856,15 @@ class FakeTelegramServer:
         if charge["refunded"]:
             raise ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
         charge["refunded"] = True
+        return True
+
+    def _edit_user_star_subscription(self, call: Call) -> bool:
+        subscription = self.star_subscriptions.get(str(call.params.get("telegram_payment_charge_id") or ""))
+        if subscription is None or subscription["user_id"] != call.params.get("user_id"):
+            raise ApiError(400, "Bad Request: CHARGE_ID_INVALID")
+        if not isinstance(call.params.get("is_canceled"), bool):
+            raise ApiError(400, "Bad Request: is_canceled is required")
+        subscription["canceled"] = call.params["is_canceled"]
         return True
 
     def _get_file(self, call: Call) -> JSONDict:

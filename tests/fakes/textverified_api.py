@@ -102,6 +102,7 @@ class FakeTextVerifiedServer:
         unavailable_services: set[str] | None = None,
         verification_ttl: float = 900.0,
         reuse_window: float = 300.0,
+        reactivate_after_reuse: bool = True,
     ) -> None:
         self.api_key = api_key
         self.username = username
@@ -112,6 +113,8 @@ class FakeTextVerifiedServer:
         self.unavailable_services = set(unavailable_services or ())
         self.verification_ttl = verification_ttl
         self.reuse_window = reuse_window
+        # As on TextVerified: once a completed verification can no longer be reused, it can be reactivated.
+        self.reactivate_after_reuse = reactivate_after_reuse
         # Seconds added before every answer (after the work is done, as when a response is lost in transit).
         self.delay = 0.0
         self.requests: list[RecordedRequest] = []
@@ -343,7 +346,7 @@ class FakeTextVerifiedServer:
             "id": verification.id,
             "cancel": {"canCancel": verification.can_cancel, "link": self._link(f"{base}/cancel", "POST")},
             "reactivate": {
-                "canReactivate": verification.can_reactivate,
+                "canReactivate": self._can_reactivate(verification),
                 "link": self._link(f"{base}/reactivate", "POST"),
             },
             "report": {"canReport": verification.can_report, "link": self._link(f"{base}/report", "POST")},
@@ -356,6 +359,12 @@ class FakeTextVerifiedServer:
             "state": verification.state,
             "totalCost": verification.cost,
         }
+
+    def _can_reactivate(self, verification: FakeVerification) -> bool:
+        expired_reuse = verification.reusable_until is not None and verification.reusable_until <= self._now()
+        return verification.can_reactivate or (
+            self.reactivate_after_reuse and verification.state == "verificationCompleted" and expired_reuse
+        )
 
     def _new_verification(self, service: str, number: str | None = None) -> FakeVerification:
         n = next(self._ids)
@@ -459,16 +468,23 @@ class FakeTextVerifiedServer:
 
     async def _reactivate(self, request: web.Request) -> web.Response:
         verification = self._verification_or_404(request)
-        if not verification.can_reactivate:
+        if not self._can_reactivate(verification):
             return _error(400, "ProcessingError", "This verification is not eligible for reactivation.")
-        self.set_state(verification.id, "verificationReactivated")
-        return self._created(self._new_verification(verification.service, verification.number))
+        return self._again(verification, "verificationReactivated")
 
     async def _reuse(self, request: web.Request) -> web.Response:
         verification = self._verification_or_404(request)
         if verification.reusable_until is None or verification.reusable_until <= self._now():
             return _error(400, "ProcessingError", "This verification is not eligible for reuse.")
-        self.set_state(verification.id, "verificationReused")
+        return self._again(verification, "verificationReused")
+
+    def _again(self, verification: FakeVerification, state: str) -> web.Response:
+        """Reuse or reactivation: the number moves to a new verification, paid like a new one."""
+        price = self.services[verification.service][1]
+        if self.balance < price:
+            return _error(400, "InsufficientBalance", "Insufficient balance.")
+        self.balance = round(self.balance - price, 2)
+        self.set_state(verification.id, state)
         return self._created(self._new_verification(verification.service, verification.number))
 
     async def _sms(self, request: web.Request) -> web.Response:

@@ -52,6 +52,7 @@ AREA_CODES: dict[str, list[tuple[str, str, str]]] = {
 }
 LOCAL_PRICES = {"US": "1.15", "CA": "1.15"}
 
+MEDIA_STORAGE = "/media-storage"  # where media URLs redirect to, as Twilio's redirect to its storage
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
@@ -124,6 +125,10 @@ class FakeTwilioServer:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     incoming_numbers: dict[str, dict[str, Any]] = field(default_factory=dict)
     released_numbers: list[str] = field(default_factory=list)
+    # Media of inbound MMS by media sid: (content, content type), served behind the account's auth (add_media).
+    media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    # Voicemail recordings by RecordingSid: MP3 bytes served at Recordings/<sid>.mp3, behind basic auth.
+    recordings: dict[str, bytes] = field(default_factory=dict)
     _failures: list[_Failure] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     _port: int = 0
@@ -140,7 +145,11 @@ class FakeTwilioServer:
         app.router.add_post(f"{prefix}/IncomingPhoneNumbers.json", self._buy_number)
         app.router.add_get(f"{prefix}/IncomingPhoneNumbers.json", self._list_numbers)
         app.router.add_delete(f"{prefix}/IncomingPhoneNumbers/{{sid}}.json", self._release_number)
+        app.router.add_post(f"{prefix}/IncomingPhoneNumbers/{{sid}}.json", self._update_number)
+        app.router.add_get(f"{prefix}/Recordings/{{sid}}.mp3", self._recording_mp3)
         app.router.add_get(f"{prefix}/Balance.json", self._balance)
+        app.router.add_get(f"{prefix}/Messages/{{sid}}/Media/{{media}}", self._media_redirect)
+        app.router.add_get(f"{MEDIA_STORAGE}/{{media}}", self._media_content)
         app.router.add_get("/v1/PhoneNumbers/Countries/{country}", self._pricing)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -168,6 +177,14 @@ class FakeTwilioServer:
     ) -> None:
         """Answer the next `count` requests whose path contains `path_contains` with a Twilio error body."""
         self._failures.append(_Failure(path_contains, status, code, count, message))
+
+    def add_media(self, content: bytes, content_type: str = "image/jpeg") -> str:
+        """Media of an inbound MMS; returns the URL Twilio puts in MediaUrl<N> (api.twilio.com: the client rebases
+        it onto this server). Fetching it needs the account's basic auth and is redirected, as at Twilio, to
+        storage that needs none."""
+        media_sid = _sid("ME")
+        self.media[media_sid] = (content, content_type)
+        return f"https://api.twilio.com/{API_VERSION}/Accounts/{self.account_sid}/Messages/{_sid('MM')}/Media/{media_sid}"
 
     def requests_to(self, path_contains: str, method: str | None = None) -> list[RecordedRequest]:
         return [r for r in self.requests if path_contains in r.path and (method is None or r.method == method)]
@@ -221,6 +238,40 @@ class FakeTwilioServer:
             raise ValueError(f"{to} is not an owned number with an SmsUrl")
         return await self._post(self.signed_inbound(number["sms_url"], from_=from_, to=to, body=body, media=media))
 
+    # --- calls and voicemail ----------------------------------------------------------------------------------
+
+    def signed_call(self, url: str, *, from_: str, to: str, call_sid: str | None = None) -> SignedWebhook:
+        return build_call_webhook(self.auth_token, url, account_sid=self.account_sid, from_=from_, to=to,
+                                  call_sid=call_sid)
+
+    def signed_recording(
+        self, url: str, *, call_sid: str, recording_sid: str, duration: int, status: str | None = "completed"
+    ) -> SignedWebhook:
+        return build_recording_webhook(
+            self.auth_token, url, account_sid=self.account_sid, call_sid=call_sid, recording_sid=recording_sid,
+            duration=duration, status=status,
+        )
+
+    def add_recording(self, audio: bytes) -> str:
+        """Store a voicemail; returns its RecordingSid (served at Recordings/<sid>.mp3)."""
+        sid = _sid("RE")
+        self.recordings[sid] = audio
+        return sid
+
+    async def deliver_call(self, to: str, from_: str, call_sid: str | None = None) -> tuple[int, str]:
+        """POST a signed voice webhook to the VoiceUrl of the owned number `to`; returns (HTTP status, TwiML)."""
+        number = next((n for n in self.incoming_numbers.values() if n["phone_number"] == to), None)
+        if number is None or not number.get("voice_url"):
+            raise ValueError(f"{to} is not an owned number with a VoiceUrl")
+        return await self.post_text(self.signed_call(number["voice_url"], from_=from_, to=to, call_sid=call_sid))
+
+    async def post_text(self, hook: SignedWebhook) -> tuple[int, str]:
+        """POST any webhook; returns (HTTP status, body)."""
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        async with self._client.post(hook.url, data=hook.params, headers=hook.headers) as response:
+            return response.status, await response.text()
+
     async def _post(self, hook: SignedWebhook) -> int:
         if self._client is None:
             self._client = aiohttp.ClientSession()
@@ -261,7 +312,7 @@ class FakeTwilioServer:
         self.requests.append(
             RecordedRequest(request.method, request.path, dict(request.query), form, request.host, authorized)
         )
-        if not authorized:
+        if not authorized and not request.path.startswith(f"{MEDIA_STORAGE}/"):
             return self._error(401, 20003)
         account = request.match_info.get("account")
         if account is not None and account != self.account_sid:
@@ -288,7 +339,8 @@ class FakeTwilioServer:
             return self._error(400, MAGIC_TO_ERRORS[to])
         if self.verified_numbers is not None and to not in self.verified_numbers:
             return self._error(400, 21608)
-        if not body and not form.get("MediaUrl"):
+        media_urls = [str(url) for url in (await request.post()).getall("MediaUrl", [])]
+        if not body and not media_urls:
             return self._error(400, 21602)
         if len(body) > 1600:
             return self._error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
@@ -317,9 +369,33 @@ class FakeTwilioServer:
             "to": to,
             "uri": uri,
             "_status_callback": form.get("StatusCallback"),
+            # Twilio fetches each MediaUrl when the message is created; so does the fake, to prove it fetchable.
+            "_media": [await self._fetch_media_url(url) for url in media_urls],
         }
+        message["num_media"] = str(len(media_urls))
         self.messages[sid] = message
         return web.json_response(self._message_json(message), status=201)
+
+    async def _fetch_media_url(self, url: str) -> dict[str, Any]:
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        try:
+            async with self._client.get(url) as response:
+                return {"url": url, "status": response.status, "content": await response.read(),
+                        "content_type": response.content_type}
+        except aiohttp.ClientError as error:
+            return {"url": url, "status": 0, "content": b"", "content_type": "", "error": repr(error)}
+
+    async def _media_redirect(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["media"] not in self.media:
+            return self._error(404, 20404)
+        raise web.HTTPTemporaryRedirect(f"{MEDIA_STORAGE}/{request.match_info['media']}")
+
+    async def _media_content(self, request: web.Request) -> web.Response:
+        found = self.media.get(request.match_info["media"])
+        if found is None:
+            return web.Response(status=404)
+        return web.Response(body=found[0], content_type=found[1])
 
     async def _fetch_message(self, request: web.Request) -> web.Response:
         message = self.messages.get(request.match_info["sid"])
@@ -389,6 +465,8 @@ class FakeTwilioServer:
             "sid": sid,
             "sms_method": form.get("SmsMethod", "POST"),
             "sms_url": form.get("SmsUrl", ""),
+            "voice_method": form.get("VoiceMethod", "POST"),
+            "voice_url": form.get("VoiceUrl", ""),
             "status_callback": form.get("StatusCallback", ""),
             "status_callback_method": form.get("StatusCallbackMethod", "POST"),
             "status": "in-use",
@@ -401,6 +479,24 @@ class FakeTwilioServer:
         return web.json_response(
             {"incoming_phone_numbers": list(self.incoming_numbers.values()), "uri": request.path_qs}
         )
+
+    async def _update_number(self, request: web.Request) -> web.Response:
+        number = self.incoming_numbers.get(request.match_info["sid"])
+        if number is None:
+            return self._error(404, 20404)
+        fields = {"VoiceUrl": "voice_url", "VoiceMethod": "voice_method", "SmsUrl": "sms_url",
+                  "SmsMethod": "sms_method", "StatusCallback": "status_callback"}
+        for name, value in (await _form(request)).items():
+            if name in fields:
+                number[fields[name]] = value
+        number["date_updated"] = _rfc2822_now()
+        return web.json_response(number)
+
+    async def _recording_mp3(self, request: web.Request) -> web.Response:
+        audio = self.recordings.get(request.match_info["sid"])
+        if audio is None:
+            return self._error(404, 20404)
+        return web.Response(body=audio, content_type="audio/mpeg")
 
     async def _release_number(self, request: web.Request) -> web.Response:
         sid = request.match_info["sid"]
@@ -510,4 +606,42 @@ def build_status_webhook(
         params["ErrorCode"] = str(error_code)
     if status == "delivered":
         params["RawDlrDoneDate"] = utcnow().strftime("%y%m%d%H%M")
+    return SignedWebhook(url=url, params=params, headers=_sign(auth_token, url, params))
+
+
+def build_call_webhook(
+    auth_token: str, url: str, *, from_: str, to: str, call_sid: str | None = None,
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+) -> SignedWebhook:
+    """Twilio's voice webhook for an incoming call, as sent to the number's VoiceUrl."""
+    params = {
+        "AccountSid": account_sid,
+        "ApiVersion": API_VERSION,
+        "CallSid": call_sid or _sid("CA"),
+        "CallStatus": "ringing",
+        "Called": to,
+        "Caller": from_,
+        "Direction": "inbound",
+        "From": from_,
+        "FromCountry": "US",
+        "To": to,
+        "ToCountry": "US",
+    }
+    return SignedWebhook(url=url, params=params, headers=_sign(auth_token, url, params))
+
+
+def build_recording_webhook(
+    auth_token: str, url: str, *, call_sid: str, recording_sid: str, duration: int, status: str | None = "completed",
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+) -> SignedWebhook:
+    """Twilio's recording status callback (`status` set) or <Record>'s action request (`status=None`)."""
+    params = {
+        "AccountSid": account_sid,
+        "CallSid": call_sid,
+        "RecordingSid": recording_sid,
+        "RecordingUrl": f"https://api.twilio.com/{API_VERSION}/Accounts/{account_sid}/Recordings/{recording_sid}",
+        "RecordingDuration": str(duration),
+    }
+    if status is not None:
+        params.update({"RecordingStatus": status, "RecordingChannels": "1", "RecordingSource": "RecordVerb"})
     return SignedWebhook(url=url, params=params, headers=_sign(auth_token, url, params))

@@ -142,7 +142,8 @@ async def test_analyze_text_full_of_markup_and_then_opting_in(db: Database) -> N
         answer = await app.type(sam, f"/analyze {tricky}")
         text = answer["text"]
         assert "Intent: spam or phishing" in text and "This looks like spam or phishing" in text
-        assert "Summary: WIN a <b>FREE</b> iPhone & 🎁 gift card now" in text
+        assert "Summary: Likely phishing: offers a prize or refund and pushes a link to bit[.]ly." in text
+        assert "Sentiment: negative" in text and "Urgency: high" in text and "Warning: High risk of phishing" in text
         assert "Answer from offline rules" in text and "AI assistance is off" in text
         assert app.groq.requests == []
         assert all(c.status == 200 for c in app.h.fake.calls if c.method == "sendMessage")
@@ -476,6 +477,11 @@ async def test_spanish_user_gets_spanish_screens(db: Database) -> None:
         ana = await app.sign_up(215, locale="es")
         answer = await app.type(ana, "/analyze Tu pedido llega mañana")
         assert "Intención: aviso de entrega" in answer["text"] and "reglas sin conexión" in answer["text"]
+        # An English scam, read by a Spanish user: the offline answer speaks the user's language, not the SMS's.
+        scam = await app.type(ana, "/analyze USPS: your package is on hold. Pay the $1.99 fee at usps-redeliver.top/x")
+        assert "Intención: spam o phishing" in scam["text"] and "Tono: negativo" in scam["text"]
+        assert "Urgencia: alta" in scam["text"] and "Atención: Riesgo alto de phishing" in scam["text"]
+        assert "Resumen: Posible phishing que suplanta a USPS: pide pagar $1.99" in scam["text"]
         listing = await app.type(ana, "/templates")
         assert "Recordatorio de cita" in listing["text"] and "✨ Redactar con IA" in buttons(listing)
 

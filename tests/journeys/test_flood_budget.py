@@ -134,7 +134,8 @@ async def test_a_broadcast_at_full_rate_with_relays_and_commands_draws_no_429(db
     assert done.sent == 310 and done.failed == 0
     relays = mix.relay_delays()
     assert len(relays) == 20, sorted(set(mix.posted) - set(relays))
-    assert max(relays.values()) < 1.0, relays
+    # "About a second" at most; the median shows relays do not queue behind the broadcast (310 sends = 10 s of it).
+    assert max(relays.values()) < 1.5 and sorted(relays.values())[len(relays) // 2] < 0.5, relays
     answers = mix.answer_delays()
     assert len(answers) == len(COMMAND_USERS) and max(answers.values()) < 2.0, answers
     # Measured at the fake: every message the bot sent while the broadcast ran, as a share of Telegram's limit.

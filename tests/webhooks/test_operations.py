@@ -92,6 +92,9 @@ def test_compose_keeps_readyz_and_metrics_off_the_published_port() -> None:
     metrics_port = int(environment["METRICS_PORT"])
     http_port = int(environment.get("HTTP_PORT", Settings(_env_file=None).http_port))  # type: ignore[call-arg]
     assert metrics_port != http_port
-    published = " ".join(str(p) for p in app["ports"])
-    assert str(metrics_port) not in published and str(http_port) in published
+    # Only the TLS proxy publishes ports; the app's HTTP and metrics ports stay inside the compose network.
+    assert "ports" not in app
+    published = " ".join(str(p) for s in compose["services"].values() for p in s.get("ports", []))
+    assert str(metrics_port) not in published and str(http_port) not in published
+    assert "443" in published
     assert "/healthz" in " ".join(app["healthcheck"]["test"])

@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.api import events as api_events
 from core.messaging.inbound.store import (
+    NEEDS_NOTE,
     OPT_IN_KEYWORDS,
     OPT_OUT_KEYWORDS,
     Notes,
@@ -39,14 +41,20 @@ class PendingInbound:
     sms: InboundSms
     received_at: datetime
     future: asyncio.Future[InboundOutcome]
+    analysed: bool = False  # automatic analysis done (or not wanted): store it as it is
 
 
 async def store_batch(
-    session: AsyncSession, settings: Settings, notes: Notes, batch: list[PendingInbound]
+    session: AsyncSession, settings: Settings, notes: Notes, batch: list[PendingInbound], *, defer_auto: bool = False
 ) -> list[InboundOutcome]:
-    """The work of store_inbound for many SMS, with one statement per step instead of one per SMS."""
+    """The work of store_inbound for many SMS, with one statement per step instead of one per SMS.
+
+    With `defer_auto`, an SMS whose owner turned automatic analysis on and that was not analysed yet is left out
+    and answered NEEDS_NOTE: the analysis must run outside any transaction, and only those owners pay for it."""
     if len(batch) == 1:  # the usual case at low rates: store_inbound needs one round trip fewer
-        return [await store_inbound(session, settings, notes, batch[0].sms, batch[0].received_at)]
+        item = batch[0]
+        return [await store_inbound(session, settings, notes, item.sms, item.received_at,
+                                    defer_auto=defer_auto and not item.analysed)]
     outcomes: list[InboundOutcome | None] = [None] * len(batch)
     first: dict[tuple[str, str], int] = {}
     unique: list[int] = []
@@ -61,7 +69,7 @@ async def store_batch(
         row.e164: row
         for row in (
             await session.execute(
-                select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale)
+                select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze)
                 .join(User, User.id == PhoneNumber.user_id)
                 .where(PhoneNumber.e164.in_({batch[i].sms.to_e164 for i in unique}),
                        PhoneNumber.state == "active")
@@ -71,7 +79,10 @@ async def store_batch(
     }
     owned: list[int] = []
     for index in unique:
-        if batch[index].sms.to_e164 in owners:
+        owner = owners.get(batch[index].sms.to_e164)
+        if owner is not None and defer_auto and owner.auto_analyze and not batch[index].analysed:
+            outcomes[index] = InboundOutcome(NEEDS_NOTE)
+        elif owner is not None:
             owned.append(index)
         else:  # rare: the one-by-one path alerts the admins
             outcomes[index] = await store_inbound(session, settings, notes, batch[index].sms, batch[index].received_at)
@@ -150,11 +161,15 @@ async def _store_owned(
         counter[1] = max(counter[1], item.received_at)
         relays.append((owner.user_id, message_id, relay_message(
             owner.locale, message_id=message_id, conversation_id=conversation.id, from_e164=item.sms.from_e164,
-            own_e164=owner.e164, body=item.sms.body, media_urls=item.sms.media_urls,
+            own_e164=owner.e164, body=item.sms.body, media_urls=item.sms.media_urls, provider=item.sms.provider,
             contact_name=conversation.contact_name, notice_key=notice_key,
             note=notes.pop((item.sms.provider, item.sms.provider_message_id), None),
         ), item.received_at))
         outcomes[index] = InboundOutcome("relayed", message_id, conversation.id)
+        await api_events.message_received(
+            session, owner.user_id, message_id=message_id, conversation_id=conversation.id,
+            from_e164=item.sms.from_e164, to_e164=item.sms.to_e164, text_=item.sms.body, received_at=item.received_at,
+        )
     if unread:
         table = Conversation.__table__
         connection = await session.connection()

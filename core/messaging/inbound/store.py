@@ -12,6 +12,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.admin.alerts import alert_admins
+from core.api import events as api_events
 from core.messaging.relay import RELAY_PRIORITY, relay_message
 from core.messaging.results import InboundOutcome
 from core.messaging.storage import conversation_between, insert_for
@@ -32,6 +33,8 @@ OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP"})
 
 # Automatic-analysis notes waiting for their relay, by (provider, provider message id).
 Notes = dict[tuple[str, str], str]
+# An outcome that never leaves core.messaging.inbound: stored nothing, analyse it outside the transaction first.
+NEEDS_NOTE = "needs_note"
 
 
 def keyword(body: str) -> str:
@@ -64,13 +67,16 @@ async def _insert_inbound(
 
 
 async def store_inbound(
-    session: AsyncSession, settings: Settings, notes: Notes, sms: InboundSms, received_at: datetime
+    session: AsyncSession, settings: Settings, notes: Notes, sms: InboundSms, received_at: datetime,
+    *, defer_auto: bool = False,
 ) -> InboundOutcome:
+    """Store one SMS and queue its relay; with `defer_auto`, an SMS to an owner who turned automatic analysis on
+    is not stored but answered NEEDS_NOTE (see batch.store_batch)."""
     # One query finds the owner, their language and the thread (if any): this path runs for every SMS.
     owner = (
         await session.execute(
             select(
-                PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale,
+                PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
                 Conversation.id.label("conversation_id"), Conversation.blocked, Conversation.opted_out,
                 Conversation.contact_name,
             )
@@ -96,6 +102,8 @@ async def store_inbound(
                         f"(message {message_id}). Check the number's webhook settings at the provider."),
         )
         return InboundOutcome("unknown_destination", message_id)
+    if defer_auto and owner.auto_analyze:
+        return InboundOutcome(NEEDS_NOTE)
 
     conversation_id, blocked, opted_out, contact_name = (
         owner.conversation_id, bool(owner.blocked), bool(owner.opted_out), owner.contact_name
@@ -130,7 +138,11 @@ async def store_inbound(
     relay = relay_message(
         owner.locale, message_id=message_id, conversation_id=conversation_id, from_e164=sms.from_e164,
         own_e164=owner.e164, body=sms.body, media_urls=sms.media_urls, contact_name=contact_name,
-        notice_key=notice_key, note=notes.pop((sms.provider, sms.provider_message_id), None),
+        notice_key=notice_key, note=notes.pop((sms.provider, sms.provider_message_id), None), provider=sms.provider,
+    )
+    await api_events.message_received(
+        session, owner.user_id, message_id=message_id, conversation_id=conversation_id, from_e164=sms.from_e164,
+        to_e164=sms.to_e164, text_=sms.body, received_at=received_at,
     )
     await outbox.enqueue_for_user(
         session, owner.user_id, kind="sms", message=relay, dedupe_key=f"sms:{message_id}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.messaging.inbound.batch import PendingInbound, store_batch
 from core.messaging.inbound.parts import collect_part, relay_stale_parts
-from core.messaging.inbound.store import Notes, store_inbound
+from core.messaging.inbound.store import NEEDS_NOTE, Notes, store_inbound
 from core.messaging.results import InboundOutcome
 from core.models import Message, PhoneNumber, User
 from core.platform.db import Database
@@ -33,12 +34,14 @@ class InboundRelay:
         self.max_writers = max_writers
         self._pending: list[PendingInbound] = []
         self._writers: set[asyncio.Task[None]] = set()
+        self._analyses: set[asyncio.Task[None]] = set()
         self.ai: Any = None  # core.ai.service.AiService, set by the composition root for automatic analysis
         self._notes: Notes = {}
 
     async def close(self) -> None:
-        if self._writers:
-            await asyncio.gather(*self._writers, return_exceptions=True)
+        # An analysis queues its SMS for a writer when it ends, so wait until neither kind is left running.
+        while running := [task for task in (*self._writers, *self._analyses) if not task.done()]:
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def receive_inbound(self, sms: InboundSms, received_at: datetime | None = None) -> InboundOutcome:
         """Store an inbound SMS and queue its relay to the owner's chats, all in one transaction.
@@ -62,14 +65,26 @@ class InboundRelay:
         received_at = received_at or sms.received_at
         if sms.part is not None and sms.part[1] > 1:
             return await self.receive_inbound(sms, received_at)
-        await self._prepare_note(sms)
         future: asyncio.Future[InboundOutcome] = asyncio.get_running_loop().create_future()
-        self._pending.append(PendingInbound(sms, received_at, future))
+        # Whether the owner wants automatic analysis is learnt in the batch's own owner query, so an SMS costs
+        # no read of its own; only those owners' SMS come back NEEDS_NOTE, to be analysed and written then.
+        self._queue(PendingInbound(sms, received_at, future, analysed=self.ai is None))
+        return await future
+
+    def _queue(self, item: PendingInbound) -> None:
+        self._pending.append(item)
         if len(self._writers) < self.max_writers:
             writer = asyncio.create_task(self._write_pending(), name="inbound-sms-writer")
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
-        return await future
+
+    async def _analyse_then_queue(self, item: PendingInbound) -> None:
+        try:
+            await self._prepare_note(item.sms)
+        except Exception:  # the note is a nicety: the SMS is relayed without it rather than not at all
+            log.warning("automatic analysis of %s SMS %s failed; relaying it without a note", item.sms.provider,
+                        item.sms.provider_message_id, exc_info=True)
+        self._queue(replace(item, analysed=True))
 
     async def relay_stale_parts(self, session: AsyncSession, now: datetime) -> int:
         """The sweeper's share of inbound: long texts whose missing parts will not come any more."""
@@ -117,9 +132,13 @@ class InboundRelay:
                             item.future.set_result(outcome)
                 continue
             for item, outcome in zip(batch, outcomes, strict=True):
-                if not item.future.done():
+                if outcome.outcome == NEEDS_NOTE:
+                    task = asyncio.create_task(self._analyse_then_queue(item), name="inbound-sms-analysis")
+                    self._analyses.add(task)
+                    task.add_done_callback(self._analyses.discard)
+                elif not item.future.done():
                     item.future.set_result(outcome)
 
     async def _store_batch(self, batch: list[PendingInbound]) -> list[InboundOutcome]:
         async with self.db.transaction() as session:
-            return await store_batch(session, self.settings, self._notes, batch)
+            return await store_batch(session, self.settings, self._notes, batch, defer_auto=self.ai is not None)

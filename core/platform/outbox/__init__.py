@@ -7,10 +7,13 @@ dispatcher: the loop that claims, sends and records.
 
 from core.platform.outbox.dispatcher import DEFAULT_RETRY_FOR, OutboxDispatcher
 from core.platform.outbox.liveness import InstanceLiveness
+from core.platform.outbox.media import Fetched, register_media_fetcher
 from core.platform.outbox.messages import (
     PAYLOAD_VERSION,
+    Attachment,
     ChatSender,
     DeliveryError,
+    MediaRef,
     OutButton,
     OutgoingMessage,
 )
@@ -38,8 +41,11 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "PAYLOAD_VERSION",
     "SENT_HOOKS",
+    "Attachment",
     "ChatSender",
     "DeliveryError",
+    "Fetched",
+    "MediaRef",
     "InstanceLiveness",
     "OutButton",
     "OutboxDispatcher",
@@ -51,6 +57,7 @@ __all__ = [
     "enqueue_for_user",
     "outbox_health",
     "prepare_claim_plan",
+    "register_media_fetcher",
     "register_sent_hook",
     "requeue_parked",
     "register_waker",

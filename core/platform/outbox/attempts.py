@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import OrderedDict
+from dataclasses import replace
 from datetime import timedelta
 
 from core.models import OutboxDelivery
 from core.platform.clock import utcnow
 from core.platform.metrics import Metrics
+from core.platform.outbox.media import resolve_media
 from core.platform.outbox.messages import ChatSender, DeliveryError, OutgoingMessage
 from core.platform.outbox.store import Outcome, clip
 from core.platform.pacing import rank_for_priority, traffic
@@ -17,6 +20,7 @@ from core.platform.pacing import rank_for_priority, traffic
 log = logging.getLogger(__name__)
 
 _MESSAGE_ID_MAX = 64
+_REPLACED_KEPT = 1000
 
 
 class DeliveryAttempts:
@@ -45,6 +49,8 @@ class DeliveryAttempts:
         self.max_backoff = max_backoff
         self.send_timeout = send_timeout
         self._random = random.Random()
+        # (platform, chat, message id) → the message that replaced it when an edit could not be made.
+        self._replaced: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 
     def backoff(self, attempt: int) -> float:
         delay = min(self.max_backoff, self.base_backoff * 2 ** max(0, min(attempt - 1, 30)))
@@ -68,11 +74,14 @@ class DeliveryAttempts:
         sender = self.senders[delivery.platform]
         try:
             message = OutgoingMessage.from_payload(delivery.payload)
+            message = self._follow_replacement(delivery, message)
         except (KeyError, TypeError, ValueError) as error:
             log.error("outbox: delivery %s has an unreadable payload: %r", delivery.id, error, extra=context)
             return self._failure(delivery, fence, f"unreadable payload: {error!r}", permanent=True)
         try:
             async with asyncio.timeout(self.send_timeout):
+                if message.media:  # fetched at every attempt: a failed fetch is retried like a failed send
+                    message = await resolve_media(message)
                 # In the bot's flood budget, relays and codes go before alerts, and both before broadcasts.
                 with traffic(rank_for_priority(delivery.priority)):
                     message_id = await sender.send(delivery.chat_id, message)
@@ -104,12 +113,33 @@ class DeliveryAttempts:
                     delivery.chat_id, fence, exc_info=True, extra=context,
                 )
             return self._failure(delivery, fence, reason)
+        self._note_replacement(delivery, message, str(message_id))
         now = utcnow()
         self._count(delivery.platform, "sent")
         if self.metrics is not None and delivery.source_received_at is not None:
             latency = (now - delivery.source_received_at).total_seconds()
             self.metrics.relay_latency.labels(delivery.kind).observe(max(0.0, latency))
         return Outcome(delivery, fence, "sent", now, platform_message_id=clip(str(message_id), _MESSAGE_ID_MAX))
+
+    def _follow_replacement(self, delivery: OutboxDelivery, message: OutgoingMessage) -> OutgoingMessage:
+        """An edit of a message that an earlier edit had to replace (deleted, too old) goes to the replacement, so
+        a status card that moves on after that stays one message instead of one per step."""
+        if message.edit_message_id is None:
+            return message
+        target = message.edit_message_id
+        for _ in range(10):  # a chain of replacements; ids are new each time, the bound is only a guard
+            newer = self._replaced.get((delivery.platform, delivery.chat_id, target))
+            if newer is None:
+                break
+            target = newer
+        return message if target == message.edit_message_id else replace(message, edit_message_id=target)
+
+    def _note_replacement(self, delivery: OutboxDelivery, message: OutgoingMessage, sent_id: str) -> None:
+        if message.edit_message_id is None or sent_id in ("", message.edit_message_id):
+            return
+        self._replaced[(delivery.platform, delivery.chat_id, message.edit_message_id)] = sent_id
+        while len(self._replaced) > _REPLACED_KEPT:
+            self._replaced.popitem(last=False)
 
     def _failure(
         self,

@@ -334,11 +334,12 @@ class OutboxDispatcher:
         """Claim due deliveries; must be the last query of its transaction (it changes the planner's settings)."""
         if not self.senders:
             return []
-        if self._tasks and not await self.liveness.check_own(session):
+        planned = bool(self._tasks) and self._is_postgresql
+        if self._tasks and not await self.liveness.check_own(session, plan_claim=planned):
             return []
         return await store.claim(
             session, self.senders, limit, claim_seconds=self.claim_seconds, lock_rows=self._is_postgresql,
-            claimed_by=self.liveness.key,
+            claimed_by=self.liveness.key, planned=planned,
         )
 
     async def _record(self, session: AsyncSession, outcomes: list[Outcome]) -> list[Outcome]:

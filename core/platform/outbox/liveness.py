@@ -193,17 +193,22 @@ class InstanceLiveness:
 
     # -- the others --
 
-    async def check_own(self, session: AsyncSession) -> bool:
+    async def check_own(self, session: AsyncSession, *, plan_claim: bool = False) -> bool:
         """In a claim's transaction: True when our lock is held, so the claim will be ours and no one else's.
 
         Taking our own key from another connection fails exactly while our lock connection holds it; if it
         succeeds, the lock is gone (our connection died and we have not noticed yet) and nothing may be claimed.
+        `plan_claim` also does store.prepare_claim_plan's setting in the same round trip (set_config with
+        is_local is SET LOCAL), since every claim needs both.
         """
         if not self.is_postgresql:
             return True
         if self._held_since is None:
             return False
-        free = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:ns, :key)"), {"ns": NAMESPACE, "key": self.key})
+        statement = "SELECT pg_try_advisory_xact_lock(:ns, :key)"
+        if plan_claim:
+            statement += ", set_config('enable_nestloop', 'off', true)"
+        free = await session.scalar(text(statement), {"ns": NAMESPACE, "key": self.key})
         if free:
             self.lost()
             return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +38,49 @@ class OutButton:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file that goes with a message (a voicemail, an MMS picture). Its bytes travel in the payload (base64), so
+    a delivery stays self-contained: written in the transaction that caused it, sent however late."""
+
+    kind: str  # "audio", "photo" or "document": how the adapter presents it
+    data: bytes
+    filename: str
+    content_type: str = "application/octet-stream"
+    title: str | None = None
+
+    def to_payload(self) -> dict[str, str]:
+        data = {"kind": self.kind, "data": base64.b64encode(self.data).decode("ascii"), "filename": self.filename,
+                "content_type": self.content_type}
+        if self.title is not None:
+            data["title"] = self.title
+        return data
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> Attachment:
+        return cls(
+            kind=str(data["kind"]), data=base64.b64decode(data["data"]), filename=str(data["filename"]),
+            content_type=str(data.get("content_type") or "application/octet-stream"), title=data.get("title"),
+        )
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """A file stored as where to fetch it (an MMS picture at the SMS provider): `source` names the fetcher
+    registered in outbox.media, `url` is what it fetches. The bytes are fetched at send time and handed to the
+    sender as an Attachment, so the table stays small and a failed fetch is retried like a failed send."""
+
+    source: str
+    url: str
+
+    def to_payload(self) -> dict[str, str]:
+        return {"source": self.source, "url": self.url}
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> MediaRef:
+        return cls(source=str(data["source"]), url=str(data["url"]))
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """A platform-neutral chat message; `text` is the HTML subset every adapter renders, already escaped."""
 
@@ -49,6 +93,12 @@ class OutgoingMessage:
     paid_broadcast: bool = False
     # Replace this earlier message of ours (a status card) instead of sending a new one, where the platform can.
     edit_message_id: str | None = None
+    # Files sent with the text, which becomes their caption where the platform allows.
+    attachments: tuple[Attachment, ...] = ()
+    # Files fetched at send time and sent as attachments; `locale` is for what the fetch may add to the text
+    # (a picture over MEDIA_MAX_BYTES is named instead of shown).
+    media: tuple[MediaRef, ...] = ()
+    locale: str = "en"
 
     def to_payload(self) -> dict[str, Any]:
         """A JSON-safe dict for `OutboxDelivery.payload`."""
@@ -65,6 +115,11 @@ class OutgoingMessage:
             data["paid_broadcast"] = True
         if self.edit_message_id is not None:
             data["edit_message_id"] = self.edit_message_id
+        if self.attachments:
+            data["attachments"] = [attachment.to_payload() for attachment in self.attachments]
+        if self.media:
+            data["media"] = [item.to_payload() for item in self.media]
+            data["locale"] = self.locale
         return data
 
     @classmethod
@@ -81,6 +136,9 @@ class OutgoingMessage:
             disable_preview=bool(data.get("disable_preview", True)),
             paid_broadcast=bool(data.get("paid_broadcast", False)),
             edit_message_id=data.get("edit_message_id"),
+            attachments=tuple(Attachment.from_payload(item) for item in data.get("attachments") or ()),
+            media=tuple(MediaRef.from_payload(item) for item in data.get("media") or ()),
+            locale=str(data.get("locale") or "en"),
         )
 
 

@@ -218,12 +218,15 @@ async def claim(
     claim_seconds: float,
     lock_rows: bool,
     claimed_by: int | None = None,
+    planned: bool = False,
 ) -> list[OutboxDelivery]:
     """Claim due deliveries for the instance `claimed_by`; must be the last query of its transaction (it changes
-    the planner's settings). The claim lasts while that instance lives; `claim_seconds` only bounds a claim whose
-    instance lives on but has stopped renewing it (hung)."""
+    the planner's settings; `planned`: the caller did prepare_claim_plan's setting already). The claim lasts while
+    that instance lives; `claim_seconds` only bounds a claim whose instance lives on but has stopped renewing it
+    (hung)."""
     now = utcnow()
-    await prepare_claim_plan(session)
+    if not planned:
+        await prepare_claim_plan(session)
     ids = list(await session.scalars(claim_statement(now, limit, platforms, lock_rows=lock_rows)))
     if not ids:
         return []

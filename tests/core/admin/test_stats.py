@@ -125,14 +125,57 @@ async def test_empty_database_gives_zeros_not_errors(db: Database) -> None:
     assert all(png.startswith(PNG_SIGNATURE) for _, png in charts)
 
 
+def test_charts_draw_what_the_series_holds() -> None:
+    """Bars in each series' colour, a refund-only bucket below zero, gaps where no code came: 800×400 PNGs."""
+    from PIL import Image
+
+    since, unit, buckets = stats.period_bounds("7d")
+    size = len(buckets)
+    series = stats.Series(
+        period="7d", unit=unit, buckets=buckets, sms_in=[0] * (size - 1) + [40], sms_out=[0] * size,
+        verifications={o: [1] * size if o == "failed" else [0] * size for o in stats.OUTCOMES},
+        revenue_cents=[-500, *([1_000] * (size - 1))], cost_cents=[0] * size,
+        latency_p50=[None] * size, latency_p95=[None] * (size - 1) + [2.5],
+    )
+
+    def colours(png: bytes) -> set[tuple[int, int, int]]:
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.size == (800, 400)
+            return {rgb for _, rgb in image.convert("RGB").getcolors(1 << 16) or []}
+
+    def near(found: set[tuple[int, int, int]], hex_colour: str) -> bool:
+        want = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+        return any(sum(abs(a - b) for a, b in zip(rgb, want, strict=True)) < 24 for rgb in found)
+
+    charts = dict(stats.render_charts(series, "es"))
+    assert list(charts) == ["sms", "verifications", "revenue", "latency"]
+    sms, verifications = colours(charts["sms"]), colours(charts["verifications"])
+    assert near(sms, "#2b83ba") and near(sms, "#fdae61")  # the "in" bar, and the legend's "out" swatch
+    assert near(verifications, "#d7191c")
+    # An empty series still draws axes and legends; the charts differ from it where the data is.
+    empty = dict(stats.render_charts(_empty_like(series), "es"))
+    assert all(charts[name] != empty[name] for name in charts)
+
+
+def _empty_like(series: stats.Series) -> stats.Series:
+    size = len(series.buckets)
+    return stats.Series(
+        period=series.period, unit=series.unit, buckets=series.buckets, sms_in=[0] * size, sms_out=[0] * size,
+        verifications={o: [0] * size for o in stats.OUTCOMES}, revenue_cents=[0] * size, cost_cents=[0] * size,
+        latency_p50=[None] * size, latency_p95=[None] * size,
+    )
+
+
 # --- /stats and /health through the Telegram front end -------------------------------------------------------------
 
 
 def _decode_png(data: bytes) -> tuple[int, ...]:
-    import matplotlib.image
+    from PIL import Image
 
     assert data.startswith(PNG_SIGNATURE)
-    return tuple(matplotlib.image.imread(io.BytesIO(data), format="png").shape)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # decodes it all: a truncated or corrupt PNG fails here
+        return (image.height, image.width, len(image.getbands()))
 
 
 async def test_stats_sends_a_summary_and_four_png_charts(db: Database) -> None:

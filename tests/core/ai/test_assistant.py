@@ -515,9 +515,9 @@ async def test_rules_sentiment_signs(rules: FallbackEngine) -> None:
     assert spanish.sentiment == "positive"
 
 
-async def test_rules_summary_is_the_first_sentence(rules: FallbackEngine) -> None:
+async def test_rules_summary_is_short_and_not_the_first_sentence(rules: FallbackEngine) -> None:
     analysis = (await rules.analyze("Your order shipped!\nIt arrives Friday. Track it online.")).value
-    assert analysis.summary == "Your order shipped!"
+    assert analysis.summary == "Delivery update: on its way, Friday."
     long = (await rules.analyze("word " * 100)).value
     assert len(long.summary) <= 160 and long.summary.endswith("…")
 

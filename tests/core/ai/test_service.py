@@ -524,7 +524,7 @@ def test_wording_of_engines_and_relay_notes(rules: FallbackEngine) -> None:
     reminder = rules.analyze_now("Reminder: your dentist appointment is today at 3pm")
     assert relay_note("en", reminder) == "🧠 appointment · urgency high <i>(offline rules)</i>"
     phishing = rules.analyze_now("Tu cuenta ha sido bloqueada. Verifica tu cuenta en http://bit.ly/abc <ya>")
-    assert relay_note("es", phishing).startswith("⚠️ <b>Posible estafa:</b> Parece phishing")
+    assert relay_note("es", phishing).startswith("⚠️ <b>Posible estafa:</b> Riesgo alto de phishing")
 
 
 # --- drafts kept for Send, Edit and Regenerate -------------------------------------------------------------------

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 from core.messaging import templates
 from core.messaging.templates import TemplateError
-from core.models import MessageTemplate, User
+from core.models import Message, MessageTemplate, User, Verification
+from core.platform.clock import utcnow
 from core.platform.db import Database
 from core.platform.i18n import catalog
 
@@ -231,6 +232,50 @@ def test_a_built_in_renders_to_a_ready_sms() -> None:
     assert templates.render(verify.body, {"service": "Acme", "code": "884211"}).startswith(
         "Tu código de verificación de Acme es 884211."
     )
+
+
+POPULAR = ("whatsapp", "google", "telegram", "facebook", "instagram", "amazon", "uber", "paypal")
+
+
+def test_popular_services_have_their_own_set_in_both_languages_and_each_parses() -> None:
+    assert set(POPULAR) <= set(templates.SERVICE_TEMPLATES)
+    for service in POPULAR:
+        for locale in ("en", "es"):
+            found = templates.service_templates(service, locale)
+            assert len(found) >= 2 and all(t.ref.startswith(f"s.{service}.") and t.builtin for t in found)
+            for template in found:
+                templates.clean_name(template.name)
+                templates.clean_body(template.body)
+                assert len(f"tpl:use:{template.ref}:9223372036854775807") <= 64  # fits a button's action id
+    assert templates.service_templates("no-such-service", "en") == []
+
+
+def test_services_are_recognised_in_texts_and_refs_resolve() -> None:
+    assert templates.services_in("G-123456 is your Google verification code") == ["google"]
+    assert templates.services_in("Your WhatsApp code: 123-456. Gmail too") == ["whatsapp", "google"]
+    assert templates.services_in("Ubered home, no service named here") == []
+
+
+async def test_service_templates_are_found_by_ref_and_the_services_a_number_or_user_uses(db: Database) -> None:
+    user_id = await make_user(db, "es")
+    async with db.transaction() as session:
+        late = await templates.get_template(session, user_id, "s.uber.late", "es")
+        assert late.name == "Llego tarde" and late.variables == ["name", "place", "time"]
+        with pytest.raises(TemplateError):
+            await templates.get_template(session, user_id, "s.uber.nope", "es")
+        now = utcnow()
+        session.add(Message(
+            user_id=user_id, direction="inbound", provider="sandbox", from_e164="+14155550199",
+            to_e164="+14155550100", body="Your Amazon OTP is 123456", status="received", created_at=now,
+        ))
+        session.add(Verification(
+            user_id=user_id, provider="sandbox", service="instagram", service_name="Instagram", state="completed",
+            price_cents=75, provider_cost_cents=75, idempotency_key="tpl-test", created_at=now, updated_at=now,
+        ))
+    async with db.read() as session:
+        assert await templates.services_of_number(session, user_id, "+14155550100") == ["amazon"]
+        assert await templates.services_of_number(session, user_id, "+14155550111") == []
+        assert await templates.services_of_user(session, user_id) == ["instagram"]
 
 
 def test_every_error_and_hint_has_text_in_both_languages() -> None:

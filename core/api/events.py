@@ -1,0 +1,246 @@
+"""Integrator events: written in the transaction of the change that caused them, POSTed to the account's webhook
+endpoints through the outbox, and published to live WebSockets once that transaction commits.
+
+Event types: verification.code, verification.closed, message.received, message.status. An event is the JSON object
+`{"id", "type", "created_at", "data"}`, the same everywhere it goes (receivers deduplicate by `id`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from core.models import ApiEvent, ApiIdempotency, ApiWebhookEndpoint
+from core.platform import outbox
+from core.platform.clock import utcnow
+from core.platform.crypto import keyring_of
+from core.platform.db import Database
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("verification.code", "verification.closed", "message.received", "message.status")
+NOTIFY_CHANNEL = "cumapp_api_events"
+KEEP_FOR = timedelta(hours=24)
+DELIVERY_PLATFORM = "webhook"
+DELIVERY_KIND = "api_event"
+
+_INFO_PENDING = "cumapp_api_events_pending"
+_INFO_HOOKED = "cumapp_api_events_hooked"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as integrators see it."""
+
+    id: int
+    user_id: int
+    type: str
+    created_at: datetime
+    data: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": str(self.id), "type": self.type, "created_at": rfc3339(self.created_at), "data": self.data}
+
+    def body(self) -> str:
+        return json.dumps(self.as_json(), separators=(",", ":"), ensure_ascii=False)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Publisher = Callable[[list[Event]], None]
+# In-process listeners (the WebSocket hub), per engine: called after a commit that wrote events.
+_publishers: list[tuple[Publisher, Engine | None]] = []
+
+
+def register_publisher(publisher: Publisher, *, engine: Engine | None = None) -> Callable[[], None]:
+    """Call `publisher` with the events of every commit (through `engine`, when given); returns the undo."""
+    entry = (publisher, engine)
+    _publishers.append(entry)
+
+    def unregister() -> None:
+        if entry in _publishers:
+            _publishers.remove(entry)
+
+    return unregister
+
+
+def _after_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return
+    events: list[Event] = session.info.pop(_INFO_PENDING, [])
+    if not events:
+        return
+    bind = session.get_bind()
+    engine = getattr(bind, "engine", None)
+    for publisher, only in list(_publishers):
+        if only is not None and only is not engine:
+            continue
+        try:
+            publisher(events)
+        except Exception:
+            log.exception("publishing API events failed")
+
+
+def _after_rollback(session: Session) -> None:
+    if session.get_nested_transaction() is None:
+        session.info.pop(_INFO_PENDING, None)
+
+
+def _insert(session: AsyncSession) -> Any:
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+
+
+async def record(
+    session: AsyncSession, user_id: int | None, type_: str, data: dict[str, Any], *, dedupe_key: str | None = None
+) -> Event | None:
+    """Write one event in the caller's transaction, queue its webhook deliveries, and publish it after the commit.
+
+    None when there is no account to tell or `dedupe_key` was used already (the same change seen twice).
+    """
+    if user_id is None:
+        return None
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    now = utcnow()
+    statement = _insert(session)(ApiEvent).values(
+        user_id=user_id, type=type_, data=data, dedupe_key=dedupe_key, created_at=now
+    )
+    if dedupe_key is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=["dedupe_key"])
+    live_endpoints = select(ApiWebhookEndpoint.id).where(
+        ApiWebhookEndpoint.user_id == user_id, ApiWebhookEndpoint.deleted_at.is_(None)
+    )
+    if session.bind.dialect.name == "postgresql":
+        # One round trip on the hot path (every inbound SMS): the insert, the NOTIFY that other instances'
+        # WebSockets hear (sent by PostgreSQL only if we commit) and the account's webhook endpoints.
+        inserted = statement.returning(ApiEvent.id).cte("inserted")
+        row = (
+            await session.execute(
+                select(
+                    inserted.c.id,
+                    func.pg_notify(NOTIFY_CHANNEL, func.concat(f"{user_id}:", inserted.c.id)),
+                    func.array(live_endpoints.scalar_subquery()),
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        event_id, endpoints = row[0], list(row[2] or [])
+    else:
+        event_id = await session.scalar(statement.returning(ApiEvent.id))
+        if event_id is None:
+            return None
+        endpoints = list((await session.scalars(live_endpoints)).all())
+    recorded = Event(id=int(event_id), user_id=user_id, type=type_, created_at=now, data=data)
+    if endpoints:
+        message = outbox.OutgoingMessage(text=recorded.body())
+        for endpoint_id in endpoints:
+            await outbox.enqueue(
+                session, platform=DELIVERY_PLATFORM, chat_id=str(endpoint_id), kind=DELIVERY_KIND,
+                message=message, user_id=user_id, dedupe_key=f"evt:{recorded.id}:{endpoint_id}",
+            )
+    sync = session.sync_session
+    if not sync.info.get(_INFO_HOOKED):
+        sync.info[_INFO_HOOKED] = True
+        event.listen(sync, "after_commit", _after_commit)
+        event.listen(sync, "after_rollback", _after_rollback)
+    sync.info.setdefault(_INFO_PENDING, []).append(recorded)
+    return recorded
+
+
+def from_row(row: ApiEvent) -> Event:
+    return Event(id=row.id, user_id=row.user_id, type=row.type, created_at=row.created_at, data=row.data)
+
+
+async def after(db: Database, user_id: int, after_id: int, *, limit: int = 1000) -> list[Event]:
+    """The account's stored events that came after `after_id`, oldest first."""
+    async with db.read() as session:
+        rows = await session.scalars(
+            select(ApiEvent).where(ApiEvent.user_id == user_id, ApiEvent.id > after_id)
+            .order_by(ApiEvent.id).limit(limit)
+        )
+        return [from_row(row) for row in rows.all()]
+
+
+async def by_ids(db: Database, ids: list[int]) -> list[Event]:
+    async with db.read() as session:
+        rows = await session.scalars(select(ApiEvent).where(ApiEvent.id.in_(ids)).order_by(ApiEvent.id))
+        return [from_row(row) for row in rows.all()]
+
+
+async def prune(db: Database, now: datetime | None = None) -> int:
+    """Forget events and idempotency answers older than a day; returns how many events went."""
+    cutoff = (now or utcnow()) - KEEP_FOR
+    async with db.transaction() as session:
+        result = await session.execute(
+            delete(ApiEvent).where(ApiEvent.created_at < cutoff).execution_options(synchronize_session=False)
+        )
+        await session.execute(
+            delete(ApiIdempotency).where(ApiIdempotency.created_at < cutoff)
+            .execution_options(synchronize_session=False)
+        )
+    return int(result.rowcount or 0)
+
+
+def start_jobs(scheduler: Any, db: Database) -> None:
+    """Prune once an hour, claimed through the database like every periodic job."""
+
+    async def prune_job() -> None:
+        await prune(db)
+
+    scheduler.add_periodic("api-events-prune", prune_job, 3600.0)
+
+
+# --- what the domains call, in the transaction of their change ---------------------------------------------------
+
+CLOSED_STATES = ("completed", "cancelled", "expired", "failed")
+
+
+def verification_data(verification: Any) -> dict[str, Any]:
+    return {
+        "verification_id": str(verification.id), "service": verification.service,
+        "number": verification.phone_number, "state": verification.state,
+    }
+
+
+async def verification_changed(session: AsyncSession, verification: Any, values: dict[str, Any]) -> None:
+    """After a verification row moved (records.transition): its code arrived, or it reached an end state."""
+    if values.get("code") and verification.code:
+        data = {**verification_data(verification), "code": verification.code, "text": verification.sms_text}
+        # The code is encrypted at rest: the key names it by its keyed fingerprint, never in plain.
+        code_id = keyring_of(session.get_bind().dialect).fingerprint(verification.code)[:32]
+        await record(session, verification.user_id, "verification.code", data,
+                     dedupe_key=f"vf:{verification.id}:code:{code_id}")
+    if values.get("state") in CLOSED_STATES:
+        await record(session, verification.user_id, "verification.closed", verification_data(verification),
+                     dedupe_key=f"vf:{verification.id}:closed")
+
+
+async def message_received(
+    session: AsyncSession, user_id: int | None, *, message_id: int, conversation_id: int | None, from_e164: str,
+    to_e164: str, text_: str, received_at: datetime,
+) -> None:
+    """An inbound SMS relayed to its owner."""
+    await record(session, user_id, "message.received", {
+        "message_id": str(message_id), "conversation_id": None if conversation_id is None else str(conversation_id),
+        "from": from_e164, "to": to_e164, "text": text_, "received_at": rfc3339(received_at),
+    }, dedupe_key=f"msg:{message_id}:received")
+
+
+async def message_status(session: AsyncSession, message: Any) -> None:
+    """An outbound SMS moved up its status ladder (sent, delivered, failed…)."""
+    await record(session, message.user_id, "message.status", {
+        "message_id": str(message.id), "state": message.status, "to": message.to_e164, "from": message.from_e164,
+        "error_code": message.error_code,
+    }, dedupe_key=f"msg:{message.id}:status:{message.status}")

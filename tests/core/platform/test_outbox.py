@@ -220,7 +220,9 @@ async def test_commit_wakes_the_dispatcher_in_process(db: Database) -> None:
             committed = time.monotonic()
             await sender.wait_for(n + 1, within=2)
             delays.append(sender.sent[-1].at - committed)
-    assert max(delays) < 0.1, delays
+    # Against a 30 s poll any send within a second is the wake-up's; the median shows it is immediate (an odd SQLite
+    # write-lock wait or GC pause has cost one send 0.3 s).
+    assert max(delays) < 1.0, delays
     assert statistics.median(delays) < 0.05, delays
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.handlers.router import Request, maps_errors
 from bot.handlers.screens import Screen, toast
+from core.models import User
+from core.money.accounts import Contact, find_identity
 from core.money.offers import OfferGone
 from core.platform.i18n import Html
 from core.providers.plan import simulated_for_real_users
+
+
+async def payer(session: AsyncSession, contact: Contact) -> User | None:
+    """The account a Telegram payment update belongs to (its sender), or None for a sender we never saw."""
+    identity = await find_identity(session, contact.platform, contact.platform_user_id)
+    return await session.get(User, identity.user_id) if identity is not None else None
 
 
 def is_simulated(req: Request, kind: str | None = None) -> bool:

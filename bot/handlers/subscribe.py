@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 
 from bot.handlers.router import Request, action, command, maps_errors
 from bot.handlers.screens import Button, Screen, toast
-from bot.handlers.selling import is_simulated
+from bot.handlers.selling import is_simulated, payer
 from core.models import Subscription, User
 from core.money import offers, payments, subscriptions
-from core.money.accounts import Contact, find_identity
+from core.money.accounts import Contact
 from core.platform.i18n import Html, money, t
 from core.platform.settings import TIER_NAMES
 from core.providers.plan import simulated_for_real_users
@@ -188,8 +188,7 @@ def _refused(req: Request, error: Exception) -> Screen | None:
 async def pre_checkout(services: Services, contact: Contact, payload: str, currency: str, amount: int) -> str | None:
     """None to accept the first payment of a subscription, or the reason (in the payer's language) to refuse it."""
     async with services.db.read() as session:
-        identity = await find_identity(session, contact.platform, contact.platform_user_id)
-        user = await session.get(User, identity.user_id) if identity else None
+        user = await payer(session, contact)
         if user is None:
             return t("en", "payment_bad_payload")
         if simulated_for_real_users(services.settings, services.plan):
@@ -207,10 +206,8 @@ async def payment_received(
 ) -> list[Screen]:
     """Records a subscription payment (first or renewal) once per charge id; only that once says so."""
     async with services.db.transaction() as session:
-        identity = await find_identity(session, contact.platform, contact.platform_user_id)
-        assert identity is not None
-        user = await session.get(User, identity.user_id)
-        assert user is not None
+        user = await payer(session, contact)
+        assert user is not None  # Telegram sends a payment only after our pre-checkout accepted this sender
         subscription, recorded = await subscriptions.record_stars_payment(
             session, services.settings, user, charge_id=charge_id, payload=payload, currency=currency,
             total_amount=amount, expires_at=expires_at, platform_user_id=contact.platform_user_id,

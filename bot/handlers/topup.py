@@ -11,10 +11,10 @@ from datetime import timedelta
 
 from bot.handlers.router import Request, action, command
 from bot.handlers.screens import Button, Invoice, Screen, toast
-from bot.handlers.selling import is_simulated
+from bot.handlers.selling import is_simulated, payer
 from core.models import User
 from core.money import offers, payments, sandbox_topup
-from core.money.accounts import Contact, find_identity
+from core.money.accounts import Contact
 from core.platform.i18n import Html, money, t
 from core.providers.plan import simulated_for_real_users
 from core.services import Services
@@ -101,8 +101,7 @@ async def invoice(req: Request) -> Screen:
 async def pre_checkout(services: Services, contact: Contact, payload: str, currency: str, amount: int) -> str | None:
     """None to accept the payment, or the reason (in the payer's language) to refuse it."""
     async with services.db.read() as session:
-        identity = await find_identity(session, contact.platform, contact.platform_user_id)
-        user = await session.get(User, identity.user_id) if identity else None
+        user = await payer(session, contact)
         if user is None:
             return t("en", "payment_bad_payload")
         if simulated_for_real_users(services.settings, services.plan):
@@ -120,10 +119,8 @@ async def payment_received(
 ) -> list[Screen]:
     """Credits the account once per Telegram charge id, whatever the retries; only that once says so."""
     async with services.db.transaction() as session:
-        identity = await find_identity(session, contact.platform, contact.platform_user_id)
-        assert identity is not None
-        user = await session.get(User, identity.user_id)
-        assert user is not None
+        user = await payer(session, contact)
+        assert user is not None  # Telegram sends a payment only after our pre-checkout accepted this sender
         payment, credited = await payments.record_payment(
             session, services.settings, user, charge_id=charge_id, payload=payload, currency=currency,
             total_amount=amount,

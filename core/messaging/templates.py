@@ -1,5 +1,5 @@
-"""Message templates: built-in sets (general and per service), each user's own, and `{variables}` parsed, checked and
-filled in.
+"""Message templates: the built-in sets (core.messaging.template_sets) and each user's own, with `{variables}` parsed,
+checked and filled in.
 
 A template body is SMS text with placeholders such as `{name}`, `{date}` or `{code}` from a fixed vocabulary
 (`VARIABLES`), so every value can be checked before anything is sent: a `{date}` must be a date, a `{code}` 4 to 8
@@ -18,6 +18,12 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.messaging.template_sets import (
+    BUILTIN_TEMPLATES,
+    SERVICE_TEMPLATES,
+    Lang,
+    lang_of,
+)
 from core.models import Message, MessageTemplate, Verification
 from core.platform.clock import utc_today
 from core.platform.i18n import Html, escape, t
@@ -29,7 +35,6 @@ VALUE_MAX_CHARS = 100
 MAX_TEMPLATES_PER_USER = 50
 MAX_VARIABLES = 10
 
-Lang = Literal["en", "es"]
 Kind = Literal["text", "date", "time", "code", "amount", "reference", "percent", "url"]
 
 
@@ -94,171 +99,6 @@ def hint(locale: str, kind: str, max_chars: int = VALUE_MAX_CHARS) -> Html:
 # --- built-in templates ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BuiltinTemplate:
-    """One template every user has; its text exists in each language the chat speaks."""
-
-    key: str
-    names: Mapping[Lang, str]
-    bodies: Mapping[Lang, str]
-
-    def name(self, locale: str) -> str:
-        return self.names[_lang(locale)]
-
-    def body(self, locale: str) -> str:
-        return self.bodies[_lang(locale)]
-
-
-BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
-    b.key: b
-    for b in (
-        BuiltinTemplate(
-            "appt",
-            {"en": "Appointment reminder", "es": "Recordatorio de cita"},
-            {
-                "en": "Hi {name}, this is a reminder of your appointment on {date} at {time}. "
-                "Reply YES to confirm or call us to reschedule.",
-                "es": "Hola {name}, te recordamos tu cita el {date} a las {time}. "
-                "Responde SÍ para confirmar o llámanos para cambiarla.",
-            },
-        ),
-        BuiltinTemplate(
-            "delivery",
-            {"en": "Delivery update", "es": "Aviso de entrega"},
-            {
-                "en": "Hi {name}, your order {order} is on its way and should arrive on {date}.",
-                "es": "Hola {name}, tu pedido {order} está en camino y llegará el {date}.",
-            },
-        ),
-        BuiltinTemplate(
-            "verify",
-            {"en": "Verification notice", "es": "Aviso de verificación"},
-            {
-                "en": "Your {service} verification code is {code}. It expires in 10 minutes. "
-                "Never share it with anyone.",
-                "es": "Tu código de verificación de {service} es {code}. Caduca en 10 minutos. "
-                "No lo compartas con nadie.",
-            },
-        ),
-        BuiltinTemplate(
-            "followup",
-            {"en": "Follow-up", "es": "Seguimiento"},
-            {
-                "en": "Hi {name}, just following up on our conversation. "
-                "Let me know if you have any questions!",
-                "es": "Hola {name}, te escribo para dar seguimiento a nuestra conversación. "
-                "¡Avísame si tienes alguna pregunta!",
-            },
-        ),
-    )
-}
-
-
-# --- built-in sets per service ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServiceTemplates:
-    """The built-in templates for one popular service; `service` is the verification catalogue's code for it."""
-
-    service: str
-    name: str
-    aliases: tuple[str, ...]  # words that name the service in an SMS ("gmail" is Google's)
-    templates: tuple[BuiltinTemplate, ...]
-
-
-def _set(service: str, name: str, aliases: tuple[str, ...], *items: tuple[str, str, str, str, str]) -> ServiceTemplates:
-    """`items`: (key, English name, Spanish name, English body, Spanish body)."""
-    return ServiceTemplates(
-        service, name, aliases,
-        tuple(BuiltinTemplate(key, {"en": en_name, "es": es_name}, {"en": en, "es": es})
-              for key, en_name, es_name, en, es in items),
-    )
-
-
-SERVICE_TEMPLATES: dict[str, ServiceTemplates] = {
-    s.service: s
-    for s in (
-        _set(
-            "whatsapp", "WhatsApp", ("whatsapp",),
-            ("move", "Continue on WhatsApp", "Seguir por WhatsApp",
-             "Hi {name}, can we continue on WhatsApp? Write to me there at this number.",
-             "Hola {name}, ¿seguimos por WhatsApp? Escríbeme allí a este número."),
-            ("group", "WhatsApp group invite", "Invitación a grupo de WhatsApp",
-             "Hi {name}, join our WhatsApp group here: {link}",
-             "Hola {name}, únete a nuestro grupo de WhatsApp aquí: {link}"),
-        ),
-        _set(
-            "google", "Google", ("google", "gmail", "youtube"),
-            ("meet", "Google Meet invite", "Invitación a Google Meet",
-             "Hi {name}, here is the Google Meet link for {date} at {time}: {link}",
-             "Hola {name}, este es el enlace de Google Meet para el {date} a las {time}: {link}"),
-            ("review", "Google review request", "Pedir reseña en Google",
-             "Thanks for choosing {business}! Could you leave us a Google review? {link}",
-             "¡Gracias por elegir {business}! ¿Nos dejas una reseña en Google? {link}"),
-        ),
-        _set(
-            "telegram", "Telegram", ("telegram",),
-            ("channel", "Telegram channel invite", "Invitación a canal de Telegram",
-             "Hi {name}, follow our news on Telegram: {link}",
-             "Hola {name}, sigue nuestras novedades en Telegram: {link}"),
-            ("move", "Continue on Telegram", "Seguir por Telegram",
-             "Hi {name}, I'm easier to reach on Telegram. Write to me there: {link}",
-             "Hola {name}, me encuentras mejor en Telegram. Escríbeme allí: {link}"),
-        ),
-        _set(
-            "facebook", "Facebook", ("facebook", "messenger"),
-            ("event", "Facebook event invite", "Invitación a evento de Facebook",
-             "Hi {name}, you're invited to our event on {date} at {time}. Details on Facebook: {link}",
-             "Hola {name}, te invitamos a nuestro evento el {date} a las {time}. Detalles en Facebook: {link}"),
-            ("pickup", "Marketplace pickup", "Recogida de Marketplace",
-             "Hi {name}, your Facebook Marketplace item is ready. Pick it up at {place} on {date} at {time}.",
-             "Hola {name}, tu artículo de Facebook Marketplace está listo. Recógelo en {place} el {date} a las "
-             "{time}."),
-        ),
-        _set(
-            "instagram", "Instagram", ("instagram",),
-            ("follow", "Follow on Instagram", "Síguenos en Instagram",
-             "Hi {name}, follow {business} on Instagram and get {discount} off your next order: {link}",
-             "Hola {name}, sigue a {business} en Instagram y obtén un {discount} de descuento en tu próximo "
-             "pedido: {link}"),
-            ("winner", "Instagram giveaway winner", "Ganador del sorteo de Instagram",
-             "Congratulations {name}! You won our Instagram giveaway. Claim your prize here: {link}",
-             "¡Felicidades {name}! Ganaste nuestro sorteo de Instagram. Reclama tu premio aquí: {link}"),
-        ),
-        _set(
-            "amazon", "Amazon", ("amazon",),
-            ("shipped", "Amazon order shipped", "Pedido de Amazon enviado",
-             "Hi {name}, your Amazon order {order} has shipped and should arrive on {date}.",
-             "Hola {name}, tu pedido de Amazon {order} ya salió y debería llegar el {date}."),
-            ("return", "Amazon return reminder", "Recordatorio de devolución de Amazon",
-             "Hi {name}, a reminder to return Amazon order {order} by {date}.",
-             "Hola {name}, te recordamos devolver el pedido de Amazon {order} antes del {date}."),
-        ),
-        _set(
-            "uber", "Uber", ("uber",),
-            ("pickup", "At the pickup point", "En el punto de recogida",
-             "Hi {name}, I'm at the pickup point at {place}. See you in a moment!",
-             "Hola {name}, estoy en el punto de recogida en {place}. ¡Nos vemos enseguida!"),
-            ("late", "Running late", "Llego tarde",
-             "Hi {name}, I'm running a little late; I'll be at {place} at {time}.",
-             "Hola {name}, llego un poco tarde; estaré en {place} a las {time}."),
-        ),
-        _set(
-            "paypal", "PayPal", ("paypal",),
-            ("request", "PayPal payment request", "Solicitud de pago por PayPal",
-             "Hi {name}, here is the PayPal request for {amount}: {link}",
-             "Hola {name}, aquí tienes la solicitud de PayPal por {amount}: {link}"),
-            ("received", "PayPal payment received", "Pago de PayPal recibido",
-             "Hi {name}, I got your PayPal payment of {amount}. Thank you!",
-             "Hola {name}, recibí tu pago de PayPal de {amount}. ¡Gracias!"),
-        ),
-    )
-}
-
-
-def _lang(locale: str | None) -> Lang:
-    return "es" if (locale or "").lower().startswith("es") else "en"
 
 
 # --- parsing and checking bodies ---------------------------------------------------------------------------------
@@ -475,7 +315,7 @@ def check_value(variable: str, value: str, locale: str = "en", *, today: date | 
 
 def format_date(day: date, locale: str) -> str:
     """A date as an SMS would say it: "Tuesday, June 3" / "martes 3 de junio"."""
-    lang = _lang(locale)
+    lang = lang_of(locale)
     weekday = _WEEKDAY_NAMES[lang][day.weekday()]
     month = _MONTH_NAMES[lang][day.month - 1]
     return f"{weekday}, {month} {day.day}" if lang == "en" else f"{weekday} {day.day} de {month}"

@@ -12,37 +12,17 @@ import pytest
 from sqlalchemy import func, select
 
 from core.api import events as api_events
-from core.api import keys
 from core.api.ratelimit import KeyRateLimiter
-from core.messaging.service import build_messaging_service
 from core.models import ApiEvent, Hold, Message, User, Verification
 from core.platform.clock import utcnow
 from core.services import Services
-from core.verification.service import build_verification_service
-from webhooks.server import WebServer, create_app
+from tests.webhooks.api.serving import serve_api
 
 
 @pytest.fixture
 async def api(services: Services) -> AsyncIterator[tuple[httpx.AsyncClient, Services, int]]:
-    settings = services.settings
-    services.verification = build_verification_service(settings, services.db, services.metrics, services.plan)
-    services.messaging = build_messaging_service(settings, services.db, services.metrics, services.plan)
-    server = WebServer(create_app(services), "127.0.0.1", 0)
-    await server.start()
-    async with services.db.transaction() as session:
-        user = User(locale="en", balance_cents=1000)
-        session.add(user)
-        await session.flush()
-        key = await keys.create(session, user.id, "race")
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=20,
-                               headers={"Authorization": f"Bearer {key.secret}"})
-    try:
-        yield client, services, user.id
-    finally:
-        await client.aclose()
-        await server.stop()
-        await services.verification.close()
-        await services.messaging.close()
+    async with serve_api(services, balance_cents=1000) as (client, user_id):
+        yield client, services, user_id
 
 
 async def _count(services: Services, model: type, *where: object) -> int:

@@ -11,31 +11,16 @@ import pytest
 from sqlalchemy import func, select, update
 
 from core.api import keys
-from core.messaging.service import build_messaging_service
 from core.models import LedgerEntry, PhoneNumber, User
 from core.platform.clock import utcnow
 from core.services import Services
-from webhooks.server import WebServer, create_app
+from tests.webhooks.api.serving import serve_api
 
 
 @pytest.fixture
 async def api(services: Services) -> AsyncIterator[tuple[httpx.AsyncClient, Services, int]]:
-    services.messaging = build_messaging_service(services.settings, services.db, services.metrics, services.plan)
-    server = WebServer(create_app(services), "127.0.0.1", 0)
-    await server.start()
-    async with services.db.transaction() as session:
-        user = User(locale="en", balance_cents=5000)
-        session.add(user)
-        await session.flush()
-        key = await keys.create(session, user.id, "renew")
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=20,
-                               headers={"Authorization": f"Bearer {key.secret}"})
-    try:
-        yield client, services, user.id
-    finally:
-        await client.aclose()
-        await server.stop()
-        await services.messaging.close()
+    async with serve_api(services, balance_cents=5000) as (client, user_id):
+        yield client, services, user_id
 
 
 async def _renewals(services: Services, user_id: int) -> list[int]:

@@ -18,6 +18,7 @@ from core.broadcast.service import BroadcastRunner
 from core.messaging.service import build_messaging_service
 from core.money import sandbox_credit, subscriptions
 from core.platform import updates
+from core.platform.heap import freeze_startup_heap
 from core.platform.i18n import escape
 from core.platform.migrate import upgrade_to_head_async
 from core.platform.outbox import InstanceLiveness, OutboxDispatcher
@@ -202,6 +203,7 @@ class Application:
         await broadcasts.start()
         self._started.append(_Named("broadcast runner", broadcasts))
         self.scheduler.start()
+        freeze_startup_heap()
         log.info(self.banner())
         for component in self.front_ends:
             announce = getattr(component, "announce", None)

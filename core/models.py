@@ -532,6 +532,9 @@ class OutboxDelivery(Base):
     claimed_until: Mapped[datetime | None] = mapped_column()
     # The live instance (its liveness key) whose claim this is: the claim ends when that instance dies.
     claimed_by: Mapped[int | None] = mapped_column(Integer)
+    # The live instance that enqueued it (its liveness key), which sends it unless it has not within a second:
+    # each instance sends what it accepted, so its share of the bot's flood budget meets its share of the load.
+    origin: Mapped[int | None] = mapped_column(Integer)
     # When the current run of transient failures began: they park a delivery only after a day of them.
     failing_since: Mapped[datetime | None] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(String(512))

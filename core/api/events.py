@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, event, func, select
+from sqlalchemy import Engine, delete, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -143,12 +143,74 @@ async def record(
             return None
         endpoints = list((await session.scalars(live_endpoints)).all())
     recorded = Event(id=int(event_id), user_id=user_id, type=type_, created_at=now, data=data)
+    await _deliver_and_publish(session, recorded, endpoints)
+    return recorded
+
+
+async def record_many(
+    session: AsyncSession, events: Sequence[tuple[int, str, dict[str, Any], str]]
+) -> list[Event]:
+    """`record` for many events at once, each `(user_id, type, data, dedupe_key)`: one statement writes them all
+    (and, on PostgreSQL, their NOTIFYs), one more finds the accounts' webhook endpoints, however many there are.
+
+    Returns those written; an event whose dedupe key was used already is left out, as `record` does."""
+    if not events:
+        return []
+    for _user_id, type_, _data, _key in events:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}")
+    now = utcnow()
+    table = ApiEvent.__table__
+    connection = await session.connection()
+    # An executemany that SQLAlchemy sends as one multi-row INSERT whatever the batch's size (insertmanyvalues),
+    # from one cached statement: a .values([...]) of N rows would be compiled anew for every N.
+    rows = (
+        await connection.execute(
+            _insert(session)(table)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(table.c.id, table.c.user_id, table.c.dedupe_key),
+            [
+                {"user_id": user_id, "type": type_, "data": data, "dedupe_key": key, "created_at": now}
+                for user_id, type_, data, key in events
+            ],
+        )
+    ).all()
+    if rows and session.bind.dialect.name == "postgresql":
+        # Sent by PostgreSQL only if we commit, as record's.
+        await connection.execute(
+            text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload"),
+            {"channel": NOTIFY_CHANNEL, "payloads": [f"{row.user_id}:{row.id}" for row in rows]},
+        )
+    ids = {row.dedupe_key: int(row.id) for row in rows}
+    written = [
+        Event(id=ids[key], user_id=user_id, type=type_, created_at=now, data=data)
+        for user_id, type_, data, key in events if key in ids
+    ]
+    if not written:
+        return []
+    endpoints: dict[int, list[int]] = {}
+    for endpoint_id, user_id in (
+        await session.execute(
+            select(ApiWebhookEndpoint.id, ApiWebhookEndpoint.user_id).where(
+                ApiWebhookEndpoint.user_id.in_({recorded.user_id for recorded in written}),
+                ApiWebhookEndpoint.deleted_at.is_(None),
+            ).order_by(ApiWebhookEndpoint.id)
+        )
+    ).all():
+        endpoints.setdefault(user_id, []).append(endpoint_id)
+    for recorded in sorted(written, key=lambda recorded: recorded.id):
+        await _deliver_and_publish(session, recorded, endpoints.get(recorded.user_id, []))
+    return written
+
+
+async def _deliver_and_publish(session: AsyncSession, recorded: Event, endpoints: list[int]) -> None:
+    """Queue the event's webhook deliveries in the caller's transaction, and publish it after the commit."""
     if endpoints:
         message = outbox.OutgoingMessage(text=recorded.body())
         for endpoint_id in endpoints:
             await outbox.enqueue(
                 session, platform=DELIVERY_PLATFORM, chat_id=str(endpoint_id), kind=DELIVERY_KIND,
-                message=message, user_id=user_id, dedupe_key=f"evt:{recorded.id}:{endpoint_id}",
+                message=message, user_id=recorded.user_id, dedupe_key=f"evt:{recorded.id}:{endpoint_id}",
             )
     sync = session.sync_session
     if not sync.info.get(_INFO_HOOKED):
@@ -156,7 +218,6 @@ async def record(
         event.listen(sync, "after_commit", _after_commit)
         event.listen(sync, "after_rollback", _after_rollback)
     sync.info.setdefault(_INFO_PENDING, []).append(recorded)
-    return recorded
 
 
 def from_row(row: ApiEvent) -> Event:
@@ -232,10 +293,24 @@ async def message_received(
     to_e164: str, text_: str, received_at: datetime,
 ) -> None:
     """An inbound SMS relayed to its owner."""
-    await record(session, user_id, "message.received", {
+    if user_id is None:
+        return
+    _user, type_, data, key = message_received_event(
+        user_id, message_id=message_id, conversation_id=conversation_id, from_e164=from_e164, to_e164=to_e164,
+        text_=text_, received_at=received_at,
+    )
+    await record(session, user_id, type_, data, dedupe_key=key)
+
+
+def message_received_event(
+    user_id: int, *, message_id: int, conversation_id: int | None, from_e164: str, to_e164: str, text_: str,
+    received_at: datetime,
+) -> tuple[int, str, dict[str, Any], str]:
+    """The message.received event of an inbound SMS, for `record_many` (the inbound group commit)."""
+    return user_id, "message.received", {
         "message_id": str(message_id), "conversation_id": None if conversation_id is None else str(conversation_id),
         "from": from_e164, "to": to_e164, "text": text_, "received_at": rfc3339(received_at),
-    }, dedupe_key=f"msg:{message_id}:received")
+    }, f"msg:{message_id}:received"
 
 
 async def message_status(session: AsyncSession, message: Any) -> None:

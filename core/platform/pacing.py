@@ -31,11 +31,13 @@ On Telegram a 429 holds the whole budget for its `retry_after`: the flood wait a
 
 Several instances
 -----------------
-The budget is per bot, and N instances send for one bot. `InstanceShare` divides every budget by the number of
-live instances (the holders of the liveness lock on PostgreSQL, counted every few seconds), so together they
-never exceed the bot's limit. That wastes the shares of idle instances (a broadcast runs on one instance, at 1/N of
-the limit), but needs nothing on the send path: sharing slots through the database would add a round trip, and a
-dependency on PostgreSQL, to every message.
+The budget is per bot, and N instances send for one bot. `InstanceShare` divides every budget's window by the
+number of live instances (the holders of the liveness lock on PostgreSQL, counted every few seconds), so together
+they never exceed the bot's limit in any second. Notices and broadcasts are also spaced at 1/N of the rate; a
+person's own sends are spaced at the bot's whole rate, since each instance sends what it accepted
+(core.platform.outbox.store.STEAL_AFTER) and the window alone keeps the sum under the limit. That wastes the shares
+of idle instances (a broadcast runs on one instance, at 1/N of the limit), but needs nothing on the send path:
+sharing slots through the database would add a round trip, and a dependency on PostgreSQL, to every message.
 """
 
 from __future__ import annotations
@@ -297,6 +299,10 @@ class RateBudget:
         self.rate = self.limit / self.instances
         self.cap = max(1, math.floor(self.rate * self.window_seconds + 1e-9))
         self.interval = 1.0 / (self.rate * self.headway)
+        # A person's own sends are spaced at the bot's whole rate even when this instance has only a share of it:
+        # the window (`cap`, this instance's share) keeps the instances together under the bot's limit, and
+        # spacing a relay at 1/N of the rate only queued it behind the one before (see "Several instances").
+        self.personal_interval = 1.0 / (self.limit * self.headway)
         # At high rates an interval is shorter than an event-loop turn: a few milliseconds of tolerance keep a
         # busy loop from costing throughput there (the window still caps the second).
         self._tolerance = max(self.early * self.interval, 0.005)
@@ -431,7 +437,7 @@ class RateBudget:
                 head.future.set_result(None)
                 continue
             ticket = Ticket(now)
-            self._due = max(self._due, now) + self.interval
+            self._due = max(self._due, now) + (self.personal_interval if head.rank == Rank.PERSONAL else self.interval)
             self._window.add(ticket)
             if head.chat is not None and self.chats is not None:
                 self.chats.take(head.chat, now, ticket)

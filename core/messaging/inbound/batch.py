@@ -133,6 +133,7 @@ async def _store_owned(
     }
     unread: dict[int, list[Any]] = {}
     relays: list[Relay] = []
+    events: list[tuple[int, str, dict[str, Any], str]] = []
     for index in owned:
         item, owner = batch[index], owners[batch[index].sms.to_e164]
         conversation = conversations[(owner.id, item.sms.from_e164)]
@@ -166,10 +167,10 @@ async def _store_owned(
             note=notes.pop((item.sms.provider, item.sms.provider_message_id), None),
         ), item.received_at))
         outcomes[index] = InboundOutcome("relayed", message_id, conversation.id)
-        await api_events.message_received(
-            session, owner.user_id, message_id=message_id, conversation_id=conversation.id,
-            from_e164=item.sms.from_e164, to_e164=item.sms.to_e164, text_=item.sms.body, received_at=item.received_at,
-        )
+        events.append(api_events.message_received_event(
+            owner.user_id, message_id=message_id, conversation_id=conversation.id, from_e164=item.sms.from_e164,
+            to_e164=item.sms.to_e164, text_=item.sms.body, received_at=item.received_at,
+        ))
     if unread:
         table = Conversation.__table__
         connection = await session.connection()
@@ -180,6 +181,8 @@ async def _store_owned(
             ),
             [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())],
         )
+    # One statement for the batch's message.received events, not one per SMS.
+    await api_events.record_many(session, events)
     if relays:
         await _enqueue_relays(session, relays)
 
@@ -210,6 +213,7 @@ async def _enqueue_relays(session: AsyncSession, relays: list[Relay]) -> None:
         chats.setdefault(row.user_id, []).append((row.platform, row.chat_id))
     rows: list[dict[str, Any]] = []
     now = utcnow()
+    origin = outbox.origin_of(session)
     for user_id, message_id, relay, received_at in relays:
         seen: set[str] = set()
         payload = relay.to_payload()
@@ -221,7 +225,7 @@ async def _enqueue_relays(session: AsyncSession, relays: list[Relay]) -> None:
                 "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": "sms",
                 "payload": payload, "dedupe_key": f"sms:{message_id}:{suffix}", "state": "pending",
                 "priority": RELAY_PRIORITY, "attempts": 0, "next_attempt_at": now,
-                "source_received_at": received_at, "created_at": now,
+                "source_received_at": received_at, "created_at": now, "origin": origin,
             })
     if not rows:
         return

@@ -31,6 +31,7 @@ from core.platform.outbox.wake import (
     SENT_HOOKS,
     SentHook,
     Waker,
+    origin_of,
     register_sent_hook,
     register_waker,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "count_retryable_parked",
     "enqueue",
     "enqueue_for_user",
+    "origin_of",
     "outbox_health",
     "prepare_claim_plan",
     "register_media_fetcher",

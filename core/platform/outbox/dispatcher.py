@@ -129,7 +129,9 @@ class OutboxDispatcher:
             if self._owns_liveness:
                 await self.liveness.stop()
             raise
-        self._unregister_waker = register_waker(self.wake, engine=self.db.engine.sync_engine)
+        origin = self.liveness.key if self._is_postgresql else None
+        self._listener.own_key = origin
+        self._unregister_waker = register_waker(self.wake, engine=self.db.engine.sync_engine, origin=origin)
         if self._is_postgresql:
             self._tasks.append(asyncio.create_task(self._listener.run(), name=f"outbox-listen-{self.instance_id}"))
             try:
@@ -328,7 +330,8 @@ class OutboxDispatcher:
 
     def claim_statement(self, now: datetime, limit: int) -> Any:
         """The SELECT that picks due deliveries whose chat has nothing earlier still waiting or being sent."""
-        return store.claim_statement(now, limit, self.senders, lock_rows=self._is_postgresql)
+        return store.claim_statement(now, limit, self.senders, lock_rows=self._is_postgresql,
+                                     me=self.liveness.key if self._is_postgresql else None)
 
     async def _claim(self, session: AsyncSession, limit: int) -> list[OutboxDelivery]:
         """Claim due deliveries; must be the last query of its transaction (it changes the planner's settings)."""
@@ -339,7 +342,7 @@ class OutboxDispatcher:
             return []
         return await store.claim(
             session, self.senders, limit, claim_seconds=self.claim_seconds, lock_rows=self._is_postgresql,
-            claimed_by=self.liveness.key, planned=planned,
+            claimed_by=self.liveness.key, planned=planned, mine_first=self._is_postgresql,
         )
 
     async def _record(self, session: AsyncSession, outcomes: list[Outcome]) -> list[Outcome]:

@@ -3,13 +3,14 @@ the claims of dead instances, requeueing parked deliveries, health."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, or_, select, text, true, update
+from sqlalchemy import Integer, bindparam, exists, func, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -19,7 +20,7 @@ from core.platform.clock import utcnow
 from core.platform.db import Database
 from core.platform.outbox.liveness import InstanceLiveness
 from core.platform.outbox.messages import OutgoingMessage
-from core.platform.outbox.wake import SENT_HOOKS, arrange_wake
+from core.platform.outbox.wake import SENT_HOOKS, arrange_wake, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ ACTIVE_STATES = ("pending", "sending")
 
 _LAST_ERROR_MAX = 512
 _DEDUPE_KEY_MAX = 160
+# Seconds a delivery waits for the instance that enqueued it before any instance may send it. Each instance sends
+# what it accepted, at its share of the bot's flood budget (core.platform.pacing.InstanceShare): behind a load
+# balancer the shares meet the load evenly, where a race for every row would pile bursts on one share. A busy or
+# stuck instance's deliveries go to the others after this long; a dead one's at once (release_orphans).
+STEAL_AFTER = 1.0
 
 
 # --- Enqueueing -------------------------------------------------------------------------------------------------
@@ -59,7 +65,7 @@ async def enqueue(
         .values(
             user_id=user_id, platform=platform, chat_id=str(chat_id), kind=kind, payload=message.to_payload(),
             dedupe_key=dedupe_key, state="pending", priority=priority, attempts=0, next_attempt_at=now,
-            source_received_at=source_received_at, created_at=now,
+            source_received_at=source_received_at, created_at=now, origin=origin_of(session),
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(OutboxDelivery)
@@ -182,8 +188,23 @@ async def prepare_claim_plan(session: AsyncSession) -> None:
         await session.execute(text("SET LOCAL enable_nestloop = off"))
 
 
-def claim_statement(now: datetime, limit: int, platforms: Iterable[str], *, lock_rows: bool) -> Any:
-    """The SELECT that picks due deliveries whose chat has nothing earlier still waiting or being sent."""
+def claim_statement(
+    now: datetime, limit: int, platforms: Iterable[str], *, lock_rows: bool, me: int | None = None
+) -> Any:
+    """The SELECT that picks due deliveries whose chat has nothing earlier still waiting or being sent; with `me`
+    (our liveness key, on PostgreSQL), only ours, nobody's, or those due for longer than STEAL_AFTER."""
+    statement = _claim_select(tuple(sorted(platforms)), lock_rows, me is not None)
+    return statement.params(_claim_values(now, limit, me))
+
+
+def _claim_values(now: datetime, limit: int, me: int | None) -> dict[str, Any]:
+    return {"b_now": now, "b_limit": limit, "b_me": me, "b_steal": now - timedelta(seconds=STEAL_AFTER)}
+
+
+@functools.lru_cache(maxsize=16)
+def _claim_select(platforms: tuple[str, ...], lock_rows: bool, mine_first: bool) -> Any:
+    # Built once: the dispatcher claims after every commit that enqueued, and building this statement (the
+    # aliased anti-join above all) cost more CPU than running it.
     earlier = aliased(OutboxDelivery, name="earlier")
     # SQLite answers this with a range of ix_outbox_deliveries_chat per candidate; PostgreSQL with a hash
     # anti-join over the active rows (see prepare_claim_plan), which does not grow with the sent history.
@@ -193,21 +214,50 @@ def claim_statement(now: datetime, limit: int, platforms: Iterable[str], *, lock
         earlier.id < OutboxDelivery.id,
         earlier.state.in_(ACTIVE_STATES),
     )
+    now = bindparam("b_now", type_=OutboxDelivery.__table__.c.next_attempt_at.type)
+    conditions = [
+        OutboxDelivery.state == "pending",
+        OutboxDelivery.next_attempt_at <= now,
+        OutboxDelivery.platform.in_(platforms),
+        ~earlier_waiting,
+    ]
+    if mine_first:
+        conditions.append(
+            or_(
+                OutboxDelivery.origin.is_(None),
+                OutboxDelivery.origin == bindparam("b_me", type_=Integer),
+                OutboxDelivery.next_attempt_at <= bindparam("b_steal", type_=OutboxDelivery.__table__.c.next_attempt_at.type),
+            )
+        )
     statement = (
         select(OutboxDelivery.id)
-        .where(
-            OutboxDelivery.state == "pending",
-            OutboxDelivery.next_attempt_at <= now,
-            OutboxDelivery.platform.in_(sorted(platforms)),
-            ~earlier_waiting,
-        )
+        .where(*conditions)
         .order_by(OutboxDelivery.priority.desc(), OutboxDelivery.id)
-        .limit(limit)
+        .limit(bindparam("b_limit", type_=Integer))
     )
     if lock_rows:
         # SQLite needs no row locks: Database.transaction() lets one writer in at a time.
         statement = statement.with_for_update(skip_locked=True, of=OutboxDelivery)
     return statement
+
+
+@functools.lru_cache(maxsize=16)
+def _claim_update(platforms: tuple[str, ...], mine_first: bool) -> Any:
+    """PostgreSQL's claim in one statement: the ids picked and locked by `_claim_select` (an InitPlan, run once,
+    so the planner settings of prepare_claim_plan cannot turn the match into a scan of the table), then the
+    update that makes them ours."""
+    picked = _claim_select(platforms, True, mine_first).scalar_subquery()
+    return (
+        update(OutboxDelivery)
+        .where(OutboxDelivery.id == func.any(func.array(picked)))
+        .values(
+            state="sending",
+            claimed_until=bindparam("b_until", type_=OutboxDelivery.__table__.c.claimed_until.type),
+            claimed_by=bindparam("b_by", type_=Integer),
+            attempts=OutboxDelivery.attempts + 1,
+        )
+        .returning(OutboxDelivery)
+    )
 
 
 async def claim(
@@ -219,31 +269,41 @@ async def claim(
     lock_rows: bool,
     claimed_by: int | None = None,
     planned: bool = False,
+    mine_first: bool = False,
 ) -> list[OutboxDelivery]:
     """Claim due deliveries for the instance `claimed_by`; must be the last query of its transaction (it changes
     the planner's settings; `planned`: the caller did prepare_claim_plan's setting already). The claim lasts while
     that instance lives; `claim_seconds` only bounds a claim whose instance lives on but has stopped renewing it
-    (hung)."""
+    (hung). `mine_first`: leave other live instances' fresh deliveries to them (see STEAL_AFTER)."""
     now = utcnow()
     if not planned:
         await prepare_claim_plan(session)
-    ids = list(await session.scalars(claim_statement(now, limit, platforms, lock_rows=lock_rows)))
-    if not ids:
-        return []
-    claimed = (
-        await session.scalars(
-            update(OutboxDelivery)
-            .where(OutboxDelivery.id.in_(ids), OutboxDelivery.state == "pending")
-            .values(
-                state="sending",
-                claimed_until=now + timedelta(seconds=claim_seconds),
-                claimed_by=claimed_by,
-                attempts=OutboxDelivery.attempts + 1,
+    me = claimed_by if mine_first else None
+    key = tuple(sorted(platforms))
+    until = now + timedelta(seconds=claim_seconds)
+    options = {"populate_existing": True, "synchronize_session": False}
+    if lock_rows:
+        claimed = (
+            await session.scalars(
+                _claim_update(key, me is not None),
+                {**_claim_values(now, limit, me), "b_until": until, "b_by": claimed_by},
+                execution_options=options,
             )
-            .returning(OutboxDelivery),
-            execution_options={"populate_existing": True, "synchronize_session": False},
-        )
-    ).all()
+        ).all()
+    else:
+        ids = list(await session.scalars(_claim_select(key, False, me is not None), _claim_values(now, limit, me)))
+        if not ids:
+            return []
+        claimed = (
+            await session.scalars(
+                update(OutboxDelivery)
+                .where(OutboxDelivery.id.in_(ids), OutboxDelivery.state == "pending")
+                .values(state="sending", claimed_until=until, claimed_by=claimed_by,
+                        attempts=OutboxDelivery.attempts + 1)
+                .returning(OutboxDelivery),
+                execution_options=options,
+            )
+        ).all()
     return sorted(claimed, key=lambda delivery: (-delivery.priority, delivery.id))
 
 
@@ -391,7 +451,7 @@ async def release_orphans(
                 result = await session.execute(
                     update(OutboxDelivery)
                     .where(OutboxDelivery.state == "sending", OutboxDelivery.claimed_by.in_(sorted(gone)))
-                    .values(state="pending", claimed_until=None, claimed_by=None,
+                    .values(state="pending", claimed_until=None, claimed_by=None, origin=None,
                             last_error="taken over: the instance that claimed it is gone")
                     .execution_options(synchronize_session=False)
                 )
@@ -403,7 +463,7 @@ async def release_orphans(
             result = await session.execute(
                 update(OutboxDelivery)
                 .where(OutboxDelivery.state == "sending", orphaned, not_mine)
-                .values(state="pending", claimed_until=None, claimed_by=None,
+                .values(state="pending", claimed_until=None, claimed_by=None, origin=None,
                         last_error="claim orphaned: dispatcher gone or hung")
                 .execution_options(synchronize_session=False)
             )
@@ -459,7 +519,8 @@ async def requeue_parked(session: AsyncSession) -> int:
     result = await session.execute(
         update(OutboxDelivery)
         .where(*_retryable_parked())
-        .values(state="pending", next_attempt_at=now, failing_since=None, claimed_until=None, claimed_by=None)
+        .values(state="pending", next_attempt_at=now, failing_since=None, claimed_until=None, claimed_by=None,
+                origin=origin_of(session))
         .execution_options(synchronize_session=False)
     )
     count = int(result.rowcount or 0)

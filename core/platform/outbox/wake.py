@@ -29,7 +29,7 @@ _SQLALCHEMY_ONLY_QUERY_KEYS = frozenset({"prepared_statement_cache_size", "prepa
 RECONNECT_MAX_SECONDS = 2.0
 
 Waker = Callable[[], None]
-_wakers: list[tuple[Waker, Engine | None]] = []
+_wakers: list[tuple[Waker, Engine | None, int | None]] = []
 
 
 SentHook = Callable[[AsyncSession, list[tuple[OutboxDelivery, datetime]]], Awaitable[None]]
@@ -41,13 +41,16 @@ def register_sent_hook(kind: str, hook: SentHook) -> None:
     SENT_HOOKS[kind] = hook
 
 
-def register_waker(callback: Waker, *, engine: Engine | None = None) -> Callable[[], None]:
+def register_waker(
+    callback: Waker, *, engine: Engine | None = None, origin: int | None = None
+) -> Callable[[], None]:
     """Call `callback` after every commit that enqueued a delivery (only through `engine`, when given).
 
-    Returns the function that unregisters it. Callbacks run inside the committing task, so they must only
-    schedule work (set an event), never do it.
+    `origin`: the liveness key of the dispatcher behind `callback`, stamped on what this process enqueues
+    through `engine` (see `origin_of`). Returns the function that unregisters it. Callbacks run inside the
+    committing task, so they must only schedule work (set an event), never do it.
     """
-    entry = (callback, engine)
+    entry = (callback, engine, origin)
     _wakers.append(entry)
 
     def unregister() -> None:
@@ -57,8 +60,19 @@ def register_waker(callback: Waker, *, engine: Engine | None = None) -> Callable
     return unregister
 
 
+def origin_of(session: AsyncSession) -> int | None:
+    """The instance that will send what this session enqueues: the one dispatcher of this process on its
+    database. None (any instance sends it) when this process runs no dispatcher there, as a CLI command, or
+    several, as some tests do."""
+    engine = _root_engine(session.sync_session)
+    origins = {origin for _callback, only_engine, origin in _wakers if only_engine is engine}
+    if len(origins) != 1:
+        return None
+    return next(iter(origins))
+
+
 def _fire_wakers(engine: Engine | None) -> None:
-    for callback, only_engine in list(_wakers):
+    for callback, only_engine, _origin in list(_wakers):
         if only_engine is not None and only_engine is not engine:
             continue
         try:
@@ -103,7 +117,10 @@ async def arrange_wake(session: AsyncSession) -> None:
     root = sync.get_transaction()
     if sync.get_nested_transaction() is None and sync.info.get(_INFO_NOTIFIED) is root:
         return
-    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    # The payload names the instance that will send what was enqueued, so the others need not look now.
+    origin = origin_of(session)
+    payload = "" if origin is None else f", '{int(origin)}'"
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}{payload}"))
     if sync.get_nested_transaction() is None:
         sync.info[_INFO_NOTIFIED] = root
 
@@ -123,7 +140,8 @@ async def wait(flag: asyncio.Event, seconds: float) -> None:
 
 
 class NotifyListener:
-    """Keeps a LISTEN connection open; any notification, and every reconnection, sets the dispatcher's `wakeup`."""
+    """Keeps a LISTEN connection open; every reconnection, and any notification not addressed to another live
+    instance (`own_key` names ours), sets the dispatcher's `wakeup`."""
 
     def __init__(self, url: URL, instance_id: str, *, wakeup: asyncio.Event, stop_event: asyncio.Event) -> None:
         self.url = url
@@ -138,6 +156,8 @@ class NotifyListener:
         # Observability for health pages and tests: LISTEN connections opened, notifications heard.
         self.connects = 0
         self.notifications_received = 0
+        self.notifications_left = 0  # addressed to another instance
+        self.own_key: int | None = None
 
     def reset(self) -> None:
         """Ready to run again after a stop."""
@@ -194,6 +214,11 @@ class NotifyListener:
                     except Exception:
                         connection.terminate()
 
-    def _on_notify(self, _connection: Any, _pid: int, _channel: str, _payload: str) -> None:
+    def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notifications_received += 1
+        # Another instance's own deliveries: it sends them, or we take them on the poll once they wait too long
+        # (store.STEAL_AFTER), or when it dies (store.release_orphans wakes us).
+        if payload and self.own_key is not None and payload != str(self.own_key):
+            self.notifications_left += 1
+            return
         self._wakeup.set()

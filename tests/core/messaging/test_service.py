@@ -13,7 +13,17 @@ from sqlalchemy import func, select
 
 from core.messaging.errors import InvalidNumber, MessagingError, ProviderRefused
 from core.messaging.service import MessagingService, build_messaging_service
-from core.models import Conversation, Hold, KeyValue, Message, OutboxDelivery, PhoneNumber, User
+from core.models import (
+    ApiEvent,
+    ApiWebhookEndpoint,
+    Conversation,
+    Hold,
+    KeyValue,
+    Message,
+    OutboxDelivery,
+    PhoneNumber,
+    User,
+)
 from core.money import accounts, ledger
 from core.money.accounts import Contact
 from core.money.limits import LimitReached
@@ -588,6 +598,11 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
         first = await service.receive_inbound(inbound(own.e164, blocked_sender, "before the block", sid="PRE"))
         assert first.conversation_id is not None
         await service.block(user.id, first.conversation_id)
+        async with db.transaction() as session:  # an integrator's webhook: each event is also queued for it
+            endpoint = ApiWebhookEndpoint(user_id=user.id, url="https://hooks.example/cumapp", secret="s")
+            session.add(endpoint)
+            await session.flush()
+            endpoint_id = endpoint.id
         sizes: list[int] = []
         original = service.inbound._store_batch
 
@@ -618,6 +633,16 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
     assert threads[OUTSIDE].unread_count == 10
     assert threads[stopper].opted_out and threads[stopper].unread_count == 1
     assert threads[blocked_sender].unread_count == 1  # only the text before the block
+    # One message.received per relayed SMS, written with the batch; each queued once for the webhook.
+    async with db.read() as session:
+        events = (await session.scalars(select(ApiEvent).order_by(ApiEvent.id))).all()
+    relayed = [o.message_id for o in outcomes if o.outcome == "relayed"]
+    assert [e.dedupe_key for e in events] == [
+        f"msg:{first.message_id}:received", *(f"msg:{m}:received" for m in relayed)
+    ]
+    assert [e.data["text"] for e in events[1:]] == [f"burst {i}" for i in range(10)] + ["STOP"]
+    webhook = await deliveries(db, "api_event")
+    assert [d.dedupe_key for d in webhook] == [f"evt:{e.id}:{endpoint_id}" for e in events[1:]]
 
 
 async def test_a_long_text_missing_a_part_is_relayed_after_a_wait(db: Database) -> None:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import event, insert, select, text, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
@@ -609,6 +609,57 @@ async def test_a_live_instances_claims_are_left_alone_and_a_dead_ones_taken_over
 
 
 @pytest.mark.postgres_only
+async def test_each_instance_sends_what_it_enqueued_and_the_others_take_what_waits_too_long(db: Database) -> None:
+    """Two instances on one database: what one accepted is sent under its own share of the flood budget, so the
+    other neither races it for the row nor is woken for it; what waits on a busy instance goes elsewhere."""
+    other_db = Database(db.url)
+    mine, theirs = RecordingSender(), RecordingSender()
+    first = _dispatcher(db, mine, instance_id="first")
+    second = _dispatcher(other_db, theirs, instance_id="second")
+    try:
+        async with _running(first, second):
+            left = second._listener.notifications_left
+            await _enqueue(db, "a", ["a1"])
+            for n in range(8):
+                await _enqueue(db, f"chat-{n}", [f"first {n}"])
+                await _enqueue(other_db, f"chat-{n}", [f"second {n}"])
+            await mine.wait_for(9, within=5)
+            await theirs.wait_for(8, within=5)
+            await asyncio.sleep(0.2)
+            assert sorted(mine.texts("a") + [t for n in range(8) for t in mine.texts(f"chat-{n}")]) == sorted(
+                ["a1", *(f"first {n}" for n in range(8))]
+            )
+            assert [t for n in range(8) for t in theirs.texts(f"chat-{n}")] == [f"second {n}" for n in range(8)]
+            rows = await _rows(db)
+            assert {row.origin for row in rows.values() if row.payload["text"].startswith(("a", "first"))} == {
+                first.liveness.key
+            }
+            # Heard, and let be: each of the first's nine commits named it.
+            assert second._listener.notifications_left - left >= 9
+    finally:
+        await other_db.dispose()
+
+    hung = RecordingSender(latency=3600)
+    helper = RecordingSender()
+    busy = _dispatcher(db, hung, instance_id="busy", concurrency=1)
+    other_db = Database(db.url)
+    idle = _dispatcher(other_db, helper, instance_id="idle")
+    try:
+        async with _running(busy, idle):
+            await _enqueue(db, "held", ["held"])
+            await hung.wait_until(lambda s: s.in_flight == 1)
+            queued = time.monotonic()
+            await _enqueue(db, "x", ["x"])
+            await _enqueue(db, "y", ["y"])
+            await helper.wait_for(2, within=5)
+            took = time.monotonic() - queued
+    finally:
+        await other_db.dispose()
+    assert sorted(helper.texts("x") + helper.texts("y")) == ["x", "y"]
+    assert outbox.store.STEAL_AFTER - 0.05 <= took < outbox.store.STEAL_AFTER + 2.0, took
+
+
+@pytest.mark.postgres_only
 async def test_a_lock_connection_that_drops_and_comes_back_costs_no_takeover(db: Database) -> None:
     """A network blip on the liveness connection: the instance takes its lock back before anyone takes over."""
     await _enqueue(db, "slow", ["in flight"])
@@ -749,9 +800,31 @@ def _compile_explain(element: _Explain, compiler: Any, **kw: Any) -> str:
 
 
 async def _claim_plan(db: Database, dispatcher: OutboxDispatcher) -> str:
+    if db.is_sqlite:
+        async with db.transaction() as session:
+            plan = (await session.execute(_Explain(dispatcher.claim_statement(utcnow(), 50)))).all()
+        return "\n".join(str(line[-1]) for line in plan)
+    # PostgreSQL claims in one UPDATE: catch it as the driver runs it, then EXPLAIN that with the same values.
+    caught: list[tuple[str, Any]] = []
+
+    def catch(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE outbox_deliveries"):
+            caught.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", catch)
+    try:
+        async with db.transaction() as session:
+            await outbox.store.claim(session, dispatcher.senders, 50, claim_seconds=60, lock_rows=True,
+                                     claimed_by=1, mine_first=True)
+            await session.rollback()
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", catch)
+    assert len(caught) == 1, caught
+    statement, parameters = caught[0]
     async with db.transaction() as session:
         await outbox.prepare_claim_plan(session)
-        plan = (await session.execute(_Explain(dispatcher.claim_statement(utcnow(), 50)))).all()
+        connection = await session.connection()
+        plan = (await connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)).all()
     return "\n".join(str(line[-1]) for line in plan)
 
 

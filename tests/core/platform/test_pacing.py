@@ -151,3 +151,27 @@ async def test_several_instances_share_the_bot_budget() -> None:
         assert bot.shared.rate == 30.0 and bot.shared.cap == 30
     finally:
         await share.stop()
+
+
+async def test_a_share_keeps_its_window_but_spaces_a_persons_sends_at_the_bots_rate() -> None:
+    """Two instances at 30/s: each may start 15 sends in a second, and a person's relays leave 1/30 s apart, not
+    1/15 s, while its broadcasts keep to 15/s."""
+    budget = RateBudget(30)
+    budget.share(2)
+
+    async def starts(rank: Rank, count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            ticket = await budget.acquire(None, Traffic(rank))
+            times.append(ticket.start)
+            budget.finished(ticket)
+        return times
+
+    personal = await starts(Rank.PERSONAL, 12)
+    spacing = (personal[-1] - personal[0]) / 11
+    assert 0.8 / 31.5 < spacing < 1.3 / 31.5, spacing  # the bot's rate, not this instance's half of it
+    more = await starts(Rank.PERSONAL, 6)  # 18 asked for: the window lets 15 start in any second
+    assert busiest_second(personal + more) <= 15
+    await asyncio.sleep(1.1)
+    bulk = await starts(Rank.BULK, 8)
+    assert (bulk[-1] - bulk[1]) / 6 > 0.9 / 15.75  # after the first two (a send may come one interval early)

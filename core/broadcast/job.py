@@ -48,6 +48,8 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     backoff_until: float = 0.0
     failures_in_row: int = 0
+    # When failures_in_row last grew: a failure of a send started before then is the same fault, not a new one.
+    escalated_at: float = 0.0
     rewinds: int = 0  # bumped when retries are committed back to pending, so lanes restart their cursor
     last_edit: float = 0.0
     edit_task: asyncio.Task[None] | None = None

@@ -141,13 +141,14 @@ class Lanes:
         """Send once; None when the broadcast stopped while the send waited for its slot (nothing was sent)."""
         if not recipient.chat_id:
             return Outcome(recipient, "blocked", "no chat")
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.send_timeout):
                 await sender.send(recipient.chat_id, job.message)
         except Withdrawn:
             return None
         except DeliveryError as error:
-            return self._refused(job, recipient, error)
+            return self._refused(job, recipient, error, started)
         except TimeoutError:
             if flow.requests == 0:
                 # Still waiting for a slot (a long flood wait): nothing left, so it may simply go again later.
@@ -164,7 +165,7 @@ class Lanes:
         self.messages_sent += 1
         return Outcome(recipient, "sent")
 
-    def _refused(self, job: Job, recipient: Recipient, error: DeliveryError) -> Outcome:
+    def _refused(self, job: Job, recipient: Recipient, error: DeliveryError, started: float) -> Outcome:
         reason = error.reason[:256]
         if error.blocked:
             return Outcome(recipient, "blocked", reason)
@@ -181,7 +182,11 @@ class Lanes:
             job.backoff_until = max(job.backoff_until, time.monotonic() + error.retry_after)
             log.warning("broadcast %s: flood wait of %.1f s honoured", job.broadcast_id, error.retry_after)
         else:
-            job.failures_in_row += 1
+            # The sends in flight when the platform fails all fail together: that is one failure, not eight (a
+            # one-second 5xx blip once backed a broadcast off for 30 s). Only a send started since grows the wait.
+            if started >= job.escalated_at:
+                job.failures_in_row += 1
+                job.escalated_at = time.monotonic()
             delay = min(30.0, 0.5 * 2 ** min(job.failures_in_row - 1, 6))
             job.backoff_until = max(job.backoff_until, time.monotonic() + delay)
             log.warning("broadcast %s: %s:%s failed (%s); backing off %.1f s", job.broadcast_id, recipient.platform,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from bot.handlers.numbers import messaging_errors  # noqa: F401 - registers the messaging error mapper
 from bot.handlers.router import Request, on_reply, pop_prompt
-from bot.handlers.screens import Button, Screen, SentRef
+from bot.handlers.screens import Screen
+from bot.handlers.sms import sent_screen
 from core.messaging.errors import MessagingError
 from core.messaging.media import size_text
-from core.messaging.relay import sent_text
 from core.messaging.service import MessagingService
 
 
@@ -29,13 +29,4 @@ async def picture_reply(req: Request) -> Screen:
         req.user.id, conversation_id, req.text, req.file.data, req.file.content_type,
         request_key=f"{req.contact.platform}:{req.file.key}",
     )
-
-    async def remember(ref: SentRef) -> None:
-        await messaging.remember_status_message(sent.message_id, ref.platform, ref.chat_id, ref.message_id)
-
-    return Screen(
-        sent_text(req.locale, sent),
-        buttons=[[Button(req.t("sms_btn_open"), action=f"conv:{sent.conversation_id}:0")]],
-        reply_context={"kind": "sms", "conversation_id": sent.conversation_id},
-        on_sent=remember,
-    )
+    return sent_screen(req, messaging, sent)

@@ -11,7 +11,7 @@ from bot.handlers.router import Request, action, command, on_reply, pop_prompt, 
 from bot.handlers.screens import Button, Screen, SentRef, toast
 from core.messaging.errors import InvalidNumber
 from core.messaging.relay import STATUS_ICONS, display_number, sent_text
-from core.messaging.results import ConversationView
+from core.messaging.results import ConversationView, SentSms
 from core.messaging.service import MessagingService
 from core.platform.i18n import Html, money
 from core.platform.phone import InvalidPhoneNumber, country_name, normalize
@@ -58,6 +58,11 @@ async def _send(req: Request, to: str, body: str, from_number_id: int | None) ->
     sent = await messaging.send_sms(
         req.user.id, to, body, from_number_id=from_number_id, request_key=f"{req.contact.platform}:{req.request_id}"
     )
+    return sent_screen(req, messaging, sent)
+
+
+def sent_screen(req: Request, messaging: MessagingService, sent: SentSms) -> Screen:
+    """The "sent" answer with the thread's button; the chat message it becomes is where delivery status updates go."""
 
     async def remember(ref: SentRef) -> None:
         await messaging.remember_status_message(sent.message_id, ref.platform, ref.chat_id, ref.message_id)

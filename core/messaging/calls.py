@@ -11,8 +11,9 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.messaging.errors import MessagingError, NotYours, phone_reason
+from core.messaging.errors import MessagingError, phone_reason
 from core.messaging.gateway import SmsGateway
+from core.messaging.numbers import owned_active_number
 from core.messaging.relay import RELAY_PRIORITY, display_number
 from core.messaging.storage import conversation_between, insert_for
 from core.models import CALL_MODES, Call, Conversation, OutboxDelivery, PhoneNumber, User
@@ -231,12 +232,7 @@ class CallDesk:
         number's country when it has no country code). Twilio numbers get their voice URL pointed at us."""
         if mode not in CALL_MODES:
             raise ValueError(f"unknown call mode {mode!r}")
-        async with self.db.read() as session:
-            number = await session.get(PhoneNumber, number_id)
-        if number is None or number.user_id != user_id:
-            raise NotYours()
-        if number.state != "active":
-            raise MessagingError("num_already_released", number=display_number(number.e164))
+        number = await owned_active_number(self.db, user_id, number_id)
         target: str | None = None
         if mode == "forward":
             try:

@@ -22,10 +22,10 @@ from core.messaging import pricing
 from core.messaging.errors import MessagingError, NotYours
 from core.messaging.gateway import SmsGateway
 from core.messaging.relay import display_number
-from core.messaging.results import SentSms, sent_sms
-from core.messaging.sending import SmsSender
+from core.messaging.results import SentSms
+from core.messaging.sending import SmsSender, sent_before
 from core.messaging.storage import conversation_between
-from core.models import Conversation, Hold, MediaLink, Message, User
+from core.models import Conversation, MediaLink, Message, User
 from core.money import ledger, limits
 from core.platform.clock import utcnow
 from core.platform.db import Database
@@ -171,11 +171,9 @@ class MmsSender:
             conversation = await session.get(Conversation, conversation_id)
             if user is None or conversation is None or conversation.user_id != user_id:
                 raise NotYours()
-            earlier = await session.scalar(select(Hold).where(Hold.idempotency_key == hold_key))
+            earlier = await sent_before(session, hold_key)
             if earlier is not None:
-                message = await session.scalar(select(Message).where(Message.hold_id == earlier.id))
-                if message is not None:
-                    return sent_sms(message, duplicate=True)
+                return earlier
             number, to_e164 = await self.sms._route(
                 session, user_id, conversation.remote_e164, conversation.phone_number_id
             )

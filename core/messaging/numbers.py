@@ -277,3 +277,16 @@ class NumberShop:
             if not result.rowcount:
                 raise MessagingError("num_already_released", number=display_number(number.e164))
         return await self.owned_number(user_id, number_id)
+
+
+async def owned_active_number(db: Database, user_id: int, number_id: int) -> PhoneNumber:
+    """The user's number, still active: what a button on a number's card acts on (NotYours, or "already
+    released", otherwise)."""
+    async with db.read() as session:
+        number = await session.get(PhoneNumber, number_id)
+    if number is None or number.user_id != user_id:
+        raise NotYours()
+    if number.state != "active":
+        raise MessagingError("num_already_released", number=display_number(number.e164))
+    return number
+

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.messaging.errors import MessagingError, NotYours
+from core.messaging.errors import MessagingError
 from core.messaging.gateway import SmsGateway
-from core.messaging.numbers import NUMBER_PERIOD
+from core.messaging.numbers import NUMBER_PERIOD, owned_active_number
 from core.messaging.relay import display_number
 from core.models import PhoneNumber, User
 from core.money import ledger
@@ -90,13 +90,7 @@ class NumberRenewals:
     # --- the owner's buttons ---------------------------------------------------------------------------------
 
     async def _owned(self, user_id: int, number_id: int) -> PhoneNumber:
-        async with self.db.read() as session:
-            number = await session.get(PhoneNumber, number_id)
-        if number is None or number.user_id != user_id:
-            raise NotYours()
-        if number.state != "active":
-            raise MessagingError("num_already_released", number=display_number(number.e164))
-        return number
+        return await owned_active_number(self.db, user_id, number_id)
 
     async def renew_now(self, user_id: int, number_id: int, period: int, now: datetime | None = None) -> RenewOutcome:
         """Pay the period starting at the number's renewal date, which `period` (period_id) names, as the button

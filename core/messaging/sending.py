@@ -26,6 +26,16 @@ from core.providers.sms_encoding import sms_parts
 MAX_BODY_CHARS = 1600  # Twilio's limit for one (concatenated) message; Vonage's is similar
 
 
+async def sent_before(session: AsyncSession, hold_key: str) -> SentSms | None:
+    """The message already sent under this request's hold (a double tap, a retried request): said again, never
+    charged or sent twice."""
+    earlier = await session.scalar(select(Hold).where(Hold.idempotency_key == hold_key))
+    if earlier is None:
+        return None
+    message = await session.scalar(select(Message).where(Message.hold_id == earlier.id))
+    return None if message is None else sent_sms(message, duplicate=True)
+
+
 class SmsSender:
     """Sends from the user's numbers; the provider is called outside any transaction so it never holds a lock."""
 
@@ -51,11 +61,9 @@ class SmsSender:
             user = await session.scalar(select(User).where(User.id == user_id).with_for_update())
             if user is None:
                 raise NotYours()
-            earlier = await session.scalar(select(Hold).where(Hold.idempotency_key == hold_key))
+            earlier = await sent_before(session, hold_key)
             if earlier is not None:
-                message = await session.scalar(select(Message).where(Message.hold_id == earlier.id))
-                if message is not None:
-                    return sent_sms(message, duplicate=True)
+                return earlier
             number, to_e164 = await self._route(session, user_id, to_raw, from_number_id)
             provider_name = number.provider
             conversation = await conversation_between(session, user_id, number.id, to_e164)

@@ -313,22 +313,23 @@ class TwilioProvider:
         number = self._client.api.v2010.account.incoming_phone_numbers(provider_sid)
         await self._call("set_voice_url", lambda: number.update_async(**self._voice_settings()), idempotent=True)
 
+    def _authorized_get(self, url: str) -> Any:
+        """GET with the account's credentials (the caller checked the URL is Twilio's: see `_at_twilio`)."""
+        if self._http.session is None or self._http.session.closed:
+            self._http.session = aiohttp.ClientSession()
+        token = base64.b64encode(":".join(self._credentials).encode()).decode("ascii")
+        return self._http.session.get(
+            url, headers={"Authorization": f"Basic {token}"}, timeout=aiohttp.ClientTimeout(total=self._http.timeout)
+        )
+
     async def fetch_recording(self, recording_url: str, max_bytes: int) -> bytes:
         """A voicemail as MP3 (`RecordingUrl` + ".mp3"), fetched with the account's credentials. Only Twilio's
         own hosts get them: the URL comes from a webhook, signed, but credentials go nowhere else."""
-        host = (urlsplit(recording_url).hostname or "").lower()
-        if urlsplit(recording_url).scheme != "https" or not (host == "twilio.com" or host.endswith(".twilio.com")):
-            raise SmsProviderError("The recording is not at Twilio.", code="recording_url")
+        _at_twilio(recording_url, "The recording is not at Twilio.", "recording_url")
         url = self._http.rebase(recording_url.removesuffix(".mp3").removesuffix(".wav") + ".mp3")
 
         async def download() -> bytes:
-            if self._http.session is None or self._http.session.closed:
-                self._http.session = aiohttp.ClientSession()
-            token = base64.b64encode(":".join(self._credentials).encode()).decode("ascii")
-            timeout = aiohttp.ClientTimeout(total=self._http.timeout)
-            async with self._http.session.get(
-                url, headers={"Authorization": f"Basic {token}"}, timeout=timeout
-            ) as response:
+            async with self._authorized_get(url) as response:
                 if response.status != 200:
                     status = response.status
                     retryable = status >= 500 or status in (404, 429)  # 404: not stored yet, moments after the call
@@ -348,20 +349,11 @@ class TwilioProvider:
         """An MMS picture or file (`MediaUrl<N>`) and its content type, fetched with the account's credentials and
         following Twilio's redirect to its storage (aiohttp drops the credentials on a redirect to another host).
         Over `max_bytes` it raises MediaTooLarge with the size when Twilio says it, without reading further."""
-        parts = urlsplit(media_url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme != "https" or not (host == "twilio.com" or host.endswith(".twilio.com")):
-            raise SmsProviderError("The picture is not at Twilio.", code="media_url")
+        _at_twilio(media_url, "The picture is not at Twilio.", "media_url")
         url = self._http.rebase(media_url)
 
         async def download() -> tuple[bytes, str]:
-            if self._http.session is None or self._http.session.closed:
-                self._http.session = aiohttp.ClientSession()
-            token = base64.b64encode(":".join(self._credentials).encode()).decode("ascii")
-            timeout = aiohttp.ClientTimeout(total=self._http.timeout)
-            async with self._http.session.get(
-                url, headers={"Authorization": f"Basic {token}"}, timeout=timeout
-            ) as response:
+            async with self._authorized_get(url) as response:
                 if response.status != 200:
                     status = response.status
                     if status >= 500 or status == 429:
@@ -423,3 +415,12 @@ class TwilioProvider:
 
     async def close(self) -> None:
         await self._http.close()
+
+
+def _at_twilio(url: str, refusal: str, code: str) -> None:
+    """Credentials go only to Twilio's own hosts over HTTPS: a URL from a webhook, even a signed one, is checked."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "https" or not (host == "twilio.com" or host.endswith(".twilio.com")):
+        raise SmsProviderError(refusal, code=code)
+

@@ -620,16 +620,18 @@ async def test_each_instance_sends_what_it_enqueued_and_the_others_take_what_wai
         async with _running(first, second):
             left = second._listener.notifications_left
             await _enqueue(db, "a", ["a1"])
+            # Chats of their own: a chat's later delivery waits for its earlier one, wherever that was accepted.
             for n in range(8):
-                await _enqueue(db, f"chat-{n}", [f"first {n}"])
-                await _enqueue(other_db, f"chat-{n}", [f"second {n}"])
+                await _enqueue(db, f"first-{n}", [f"first {n}"])
+                await _enqueue(other_db, f"second-{n}", [f"second {n}"])
             await mine.wait_for(9, within=5)
             await theirs.wait_for(8, within=5)
             await asyncio.sleep(0.2)
-            assert sorted(mine.texts("a") + [t for n in range(8) for t in mine.texts(f"chat-{n}")]) == sorted(
+            assert sorted(mine.texts("a") + [t for n in range(8) for t in mine.texts(f"first-{n}")]) == sorted(
                 ["a1", *(f"first {n}" for n in range(8))]
             )
-            assert [t for n in range(8) for t in theirs.texts(f"chat-{n}")] == [f"second {n}" for n in range(8)]
+            assert [t for n in range(8) for t in theirs.texts(f"second-{n}")] == [f"second {n}" for n in range(8)]
+            assert len(mine.sent) == 9 and len(theirs.sent) == 8
             rows = await _rows(db)
             assert {row.origin for row in rows.values() if row.payload["text"].startswith(("a", "first"))} == {
                 first.liveness.key

@@ -32,7 +32,7 @@ class MessagingService:
 
     def __init__(
         self, db: Database, providers: dict[str, SmsProvider], settings: Settings, metrics: Metrics | None = None,
-        *, max_batch: int = 64, max_writers: int = 2,
+        *, max_batch: int = 64, max_writers: int = 1,
     ) -> None:
         if not providers:
             raise ValueError("MessagingService needs at least one SMS provider")

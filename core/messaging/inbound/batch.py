@@ -174,7 +174,7 @@ async def _store_owned(
     if unread:
         table = Conversation.__table__
         connection = await session.connection()
-        # Sorted, so two writers always lock conversations in the same order.
+        # Sorted, so two writers (two instances) always lock conversations in the same order.
         await connection.execute(
             update(table).where(table.c.id == bindparam("b_id")).values(
                 unread_count=table.c.unread_count + bindparam("b_count"), last_message_at=bindparam("b_at"),

@@ -645,6 +645,24 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
     assert [d.dedupe_key for d in webhook] == [f"evt:{e.id}:{endpoint_id}" for e in events[1:]]
 
 
+async def test_an_sms_queued_as_the_last_writer_finishes_is_not_left_waiting(db: Database) -> None:
+    """The webhook woken by its batch's commit submits the next SMS before the finished writer's task is gone
+    (with one writer allowed, so that no second writer hides it)."""
+    user = await new_user(db, "1")
+    own = await give_number(db, user.id, "+12125550100")
+    async with twilio_service(db) as (service, _fake):
+        service.inbound.max_writers = 1
+
+        async def one_after_another() -> list[str]:
+            # Each is submitted the moment the one before it is answered, as a webhook client with one
+            # connection does; a queue that believes a finished writer still runs never answers it.
+            return [(await service.submit_inbound(inbound(own.e164, body=f"n{i}", sid=f"SEQ{i}"))).outcome
+                    for i in range(5)]
+
+        assert await asyncio.wait_for(one_after_another(), 10) == ["relayed"] * 5
+    assert await count(db, Message) == 5
+
+
 async def test_a_long_text_missing_a_part_is_relayed_after_a_wait(db: Database) -> None:
     user = await new_user(db, "1")
     own = await give_number(db, user.id, "+12125550100", "vonage")

@@ -1,4 +1,4 @@
-"""Waking dispatchers: in-process wakers and NOTIFY after a commit that enqueued, LISTEN for the other processes."""
+"""Waking dispatchers after a commit that enqueued: in-process, and by NOTIFY/LISTEN for what nobody local sends."""
 
 from __future__ import annotations
 
@@ -112,15 +112,17 @@ async def arrange_wake(session: AsyncSession) -> None:
     sync.info[_INFO_WAKE] = True
     if session.bind.dialect.name != "postgresql":
         return
+    # What this process's own dispatcher will send (origin_of) is its alone until STEAL_AFTER or its death,
+    # which the others learn by polling and by its lock: a NOTIFY would wake nobody who may act on it, and it
+    # cost every enqueueing transaction a round trip. Only deliveries anyone may send are announced.
+    if origin_of(session) is not None:
+        return
     # PostgreSQL holds a NOTIFY until commit and drops it on rollback; one per transaction is enough, but a
     # NOTIFY inside a savepoint may be rolled back with it, so those are never counted as done.
     root = sync.get_transaction()
     if sync.get_nested_transaction() is None and sync.info.get(_INFO_NOTIFIED) is root:
         return
-    # The payload names the instance that will send what was enqueued, so the others need not look now.
-    origin = origin_of(session)
-    payload = "" if origin is None else f", '{int(origin)}'"
-    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}{payload}"))
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     if sync.get_nested_transaction() is None:
         sync.info[_INFO_NOTIFIED] = root
 
@@ -216,8 +218,9 @@ class NotifyListener:
 
     def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notifications_received += 1
-        # Another instance's own deliveries: it sends them, or we take them on the poll once they wait too long
-        # (store.STEAL_AFTER), or when it dies (store.release_orphans wakes us).
+        # Another instance's own deliveries (an earlier release still names them; arrange_wake no longer announces
+        # them): it sends them, or we take them on the poll once they wait too long (store.STEAL_AFTER), or when
+        # it dies (store.release_orphans wakes us).
         if payload and self.own_key is not None and payload != str(self.own_key):
             self.notifications_left += 1
             return

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.api import events as api_events
@@ -24,7 +24,7 @@ from core.messaging.inbound.store import (
 from core.messaging.relay import RELAY_PRIORITY, relay_message
 from core.messaging.results import InboundOutcome
 from core.messaging.storage import insert_for
-from core.models import ChatIdentity, Conversation, Message, OutboxDelivery, PhoneNumber, User
+from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.settings import Settings
@@ -32,6 +32,8 @@ from core.providers.sms import InboundSms
 
 # (user id, message id, relay, received at) of one relay to queue.
 Relay = tuple[int, int, outbox.OutgoingMessage, datetime]
+# User id -> the (platform, chat id) of each chat their relays go to, oldest first.
+Chats = dict[int, list[tuple[str, str]]]
 
 
 @dataclass
@@ -65,18 +67,23 @@ async def store_batch(
         else:
             first[key] = index
             unique.append(index)
-    owners = {
-        row.e164: row
-        for row in (
-            await session.execute(
-                select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze)
-                .join(User, User.id == PhoneNumber.user_id)
-                .where(PhoneNumber.e164.in_({batch[i].sms.to_e164 for i in unique}),
-                       PhoneNumber.state == "active")
-                .order_by(PhoneNumber.id)  # the newest owner of a number wins, as in store_inbound
-            )
-        ).all()
-    }
+    # The owners and, in the same round trip, the chats their relays go to.
+    owners: dict[str, Any] = {}
+    chats: Chats = {}
+    for row in (
+        await session.execute(
+            select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
+                   ChatIdentity.platform, ChatIdentity.chat_id)
+            .join(User, User.id == PhoneNumber.user_id)
+            .outerjoin(ChatIdentity, and_(ChatIdentity.user_id == User.id, ChatIdentity.chat_id.is_not(None),
+                                          ChatIdentity.unreachable_at.is_(None)))
+            .where(PhoneNumber.e164.in_({batch[i].sms.to_e164 for i in unique}), PhoneNumber.state == "active")
+            .order_by(PhoneNumber.id, ChatIdentity.id)  # the newest owner of a number wins, as in store_inbound
+        )
+    ).all():
+        owners[row.e164] = row
+        if row.chat_id is not None and (chat := (row.platform, row.chat_id)) not in chats.setdefault(row.user_id, []):
+            chats[row.user_id].append(chat)
     owned: list[int] = []
     for index in unique:
         owner = owners.get(batch[index].sms.to_e164)
@@ -87,13 +94,13 @@ async def store_batch(
         else:  # rare: the one-by-one path alerts the admins
             outcomes[index] = await store_inbound(session, settings, notes, batch[index].sms, batch[index].received_at)
     if owned:
-        await _store_owned(session, notes, batch, owned, owners, outcomes)
+        await _store_owned(session, notes, batch, owned, owners, chats, outcomes)
     return [outcome or InboundOutcome("duplicate") for outcome in outcomes]
 
 
 async def _store_owned(
     session: AsyncSession, notes: Notes, batch: list[PendingInbound], owned: list[int], owners: dict[str, Any],
-    outcomes: list[InboundOutcome | None],
+    chats: Chats, outcomes: list[InboundOutcome | None],
 ) -> None:
     pairs = {(owners[batch[i].sms.to_e164].id, batch[i].sms.from_e164) for i in owned}
     conversations = await _conversations_for(session, pairs)
@@ -184,7 +191,7 @@ async def _store_owned(
     # One statement for the batch's message.received events, not one per SMS.
     await api_events.record_many(session, events)
     if relays:
-        await _enqueue_relays(session, relays)
+        await _enqueue_relays(session, relays, chats)
 
 
 async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Any]:
@@ -199,18 +206,8 @@ async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]])
     return {(row.phone_number_id, row.remote_e164): row for row in found if (row.phone_number_id, row.remote_e164) in pairs}
 
 
-async def _enqueue_relays(session: AsyncSession, relays: list[Relay]) -> None:
-    """outbox.enqueue_for_user for many messages, reading the users' chats once."""
-    chats: dict[int, list[tuple[str, str]]] = {}
-    for row in (
-        await session.execute(
-            select(ChatIdentity.user_id, ChatIdentity.platform, ChatIdentity.chat_id)
-            .where(ChatIdentity.user_id.in_({user_id for user_id, _, _, _ in relays}),
-                   ChatIdentity.chat_id.is_not(None), ChatIdentity.unreachable_at.is_(None))
-            .order_by(ChatIdentity.id)
-        )
-    ).all():
-        chats.setdefault(row.user_id, []).append((row.platform, row.chat_id))
+async def _enqueue_relays(session: AsyncSession, relays: list[Relay], chats: Chats) -> None:
+    """outbox.enqueue_for_user for many messages, to the chats the owners' query found, in one statement."""
     rows: list[dict[str, Any]] = []
     now = utcnow()
     origin = outbox.origin_of(session)
@@ -227,19 +224,4 @@ async def _enqueue_relays(session: AsyncSession, relays: list[Relay]) -> None:
                 "priority": RELAY_PRIORITY, "attempts": 0, "next_attempt_at": now,
                 "source_received_at": received_at, "created_at": now, "origin": origin,
             })
-    if not rows:
-        return
-    # The first goes through outbox.enqueue, which also arranges the dispatchers' wake-up (NOTIFY); the rest
-    # are the same rows in one executemany, which costs a fraction of an INSERT each.
-    head = rows[0]
-    await outbox.enqueue(
-        session, platform=head["platform"], chat_id=head["chat_id"], kind="sms",
-        message=outbox.OutgoingMessage.from_payload(head["payload"]), user_id=head["user_id"],
-        dedupe_key=head["dedupe_key"], priority=RELAY_PRIORITY, source_received_at=head["source_received_at"],
-    )
-    if len(rows) > 1:
-        table = OutboxDelivery.__table__
-        connection = await session.connection()
-        await connection.execute(
-            insert_for(session)(table).on_conflict_do_nothing(index_elements=["dedupe_key"]), rows[1:]
-        )
+    await outbox.enqueue_many(session, rows)

@@ -76,6 +76,24 @@ async def enqueue(
     return delivery
 
 
+async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
+    """Many deliveries in the caller's transaction with one statement: `rows` hold OutboxDelivery's columns, as a
+    group commit builds them. A row whose `dedupe_key` was used already is left out; returns how many were added."""
+    if not rows:
+        return 0
+    table = OutboxDelivery.__table__
+    connection = await session.connection()
+    # An executemany that SQLAlchemy sends as one multi-row INSERT (insertmanyvalues) from one cached statement.
+    added = (
+        await connection.execute(
+            _insert(session)(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id), rows
+        )
+    ).all()
+    if added:
+        await arrange_wake(session)
+    return len(added)
+
+
 async def enqueue_for_user(
     session: AsyncSession,
     user_id: int,

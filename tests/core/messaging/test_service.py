@@ -16,6 +16,7 @@ from core.messaging.service import MessagingService, build_messaging_service
 from core.models import (
     ApiEvent,
     ApiWebhookEndpoint,
+    ChatIdentity,
     Conversation,
     Hold,
     KeyValue,
@@ -643,6 +644,34 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
     assert [e.data["text"] for e in events[1:]] == [f"burst {i}" for i in range(10)] + ["STOP"]
     webhook = await deliveries(db, "api_event")
     assert [d.dedupe_key for d in webhook] == [f"evt:{e.id}:{endpoint_id}" for e in events[1:]]
+
+
+async def test_a_grouped_burst_reaches_every_reachable_chat_of_each_owner_once(db: Database) -> None:
+    """Chats are learnt with the owners in the batch: two numbers of one owner, a second chat on Discord and an
+    unreachable third chat; each SMS goes once to each reachable chat, with enqueue_for_user's dedupe keys."""
+    user = await new_user(db, "1")
+    other = await new_user(db, "2")
+    async with db.transaction() as session:
+        session.add(ChatIdentity(user_id=user.id, platform="discord", platform_user_id="d1", chat_id="771"))
+        session.add(ChatIdentity(user_id=user.id, platform="telegram", platform_user_id="gone", chat_id="772",
+                                 unreachable_at=utcnow()))
+    first, second = await give_number(db, user.id, "+12125550100"), await give_number(db, user.id, "+12125550101")
+    theirs = await give_number(db, other.id, "+12125550102")
+    async with twilio_service(db) as (service, _fake):
+        sms = [inbound(number.e164, body=f"to {number.e164} #{i}", sid=f"G{number.e164[-3:]}{i}")
+               for i in range(4) for number in (first, second, theirs)]
+        outcomes = await asyncio.gather(*(service.submit_inbound(s) for s in sms))
+    assert [o.outcome for o in outcomes] == ["relayed"] * 12
+    relays = await deliveries(db, "sms")
+    expected = set()
+    for item, outcome in zip(sms, outcomes, strict=True):
+        if item.to_e164 == theirs.e164:
+            expected.add((f"sms:{outcome.message_id}:telegram", "telegram", "2"))
+        else:
+            expected |= {(f"sms:{outcome.message_id}:telegram", "telegram", "1"),
+                         (f"sms:{outcome.message_id}:discord", "discord", "771")}
+    assert sorted((d.dedupe_key, d.platform, d.chat_id) for d in relays) == sorted(expected)
+    assert all(OutgoingMessage.from_payload(d.payload).text for d in relays)
 
 
 async def test_an_sms_queued_as_the_last_writer_finishes_is_not_left_waiting(db: Database) -> None:

@@ -29,7 +29,7 @@ class InboundRelay:
 
     One writer by default: a process under a burst is bound by its CPU, not by the database's answer, and one
     writer's batches are twice the size of two writers', so each SMS carries half the per-batch cost (measured:
-    0.8-0.9 ms of CPU per ingested SMS against 1.0-1.1 ms with two, docs/perf/process.md). A lone SMS is still
+    0.78-1.02 ms of CPU per ingested SMS against 0.99-1.13 ms with two, docs/perf/process.md). A lone SMS is still
     written at once, since the writer is idle then."""
 
     def __init__(self, db: Database, settings: Settings, *, max_batch: int = 64, max_writers: int = 1) -> None:

@@ -150,8 +150,8 @@ async def record(
 async def record_many(
     session: AsyncSession, events: Sequence[tuple[int, str, dict[str, Any], str]]
 ) -> list[Event]:
-    """`record` for many events at once, each `(user_id, type, data, dedupe_key)`: one statement writes them all
-    (and, on PostgreSQL, their NOTIFYs), one more finds the accounts' webhook endpoints, however many there are.
+    """`record` for many events at once, each `(user_id, type, data, dedupe_key)`: one statement writes them all,
+    one more sends their NOTIFYs (PostgreSQL) and one finds the accounts' webhook endpoints, however many there are.
 
     Returns those written; an event whose dedupe key was used already is left out, as `record` does."""
     if not events:

@@ -130,7 +130,6 @@ class OutboxDispatcher:
                 await self.liveness.stop()
             raise
         origin = self.liveness.key if self._is_postgresql else None
-        self._listener.own_key = origin
         self._unregister_waker = register_waker(self.wake, engine=self.db.engine.sync_engine, origin=origin)
         if self._is_postgresql:
             self._tasks.append(asyncio.create_task(self._listener.run(), name=f"outbox-listen-{self.instance_id}"))

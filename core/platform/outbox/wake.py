@@ -142,8 +142,7 @@ async def wait(flag: asyncio.Event, seconds: float) -> None:
 
 
 class NotifyListener:
-    """Keeps a LISTEN connection open; every reconnection, and any notification not addressed to another live
-    instance (`own_key` names ours), sets the dispatcher's `wakeup`."""
+    """Keeps a LISTEN connection open; any notification, and every reconnection, sets the dispatcher's `wakeup`."""
 
     def __init__(self, url: URL, instance_id: str, *, wakeup: asyncio.Event, stop_event: asyncio.Event) -> None:
         self.url = url
@@ -158,8 +157,6 @@ class NotifyListener:
         # Observability for health pages and tests: LISTEN connections opened, notifications heard.
         self.connects = 0
         self.notifications_received = 0
-        self.notifications_left = 0  # addressed to another instance
-        self.own_key: int | None = None
 
     def reset(self) -> None:
         """Ready to run again after a stop."""
@@ -216,12 +213,6 @@ class NotifyListener:
                     except Exception:
                         connection.terminate()
 
-    def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _connection: Any, _pid: int, _channel: str, _payload: str) -> None:
         self.notifications_received += 1
-        # Another instance's own deliveries (an earlier release still names them; arrange_wake no longer announces
-        # them): it sends them, or we take them on the poll once they wait too long (store.STEAL_AFTER), or when
-        # it dies (store.release_orphans wakes us).
-        if payload and self.own_key is not None and payload != str(self.own_key):
-            self.notifications_left += 1
-            return
         self._wakeup.set()

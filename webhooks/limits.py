@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -104,8 +104,8 @@ class _GuardedConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not derive from asyncio's classes, but they have the same methods.
+        self._transport = cast(asyncio.Transport, transport)
         self._peer = _peer_address(transport)
         if not self._guard._admit(self._peer):
             transport.abort()  # aiohttp never hears of it

@@ -120,7 +120,7 @@ class SmsRelay:
                 session, verification.user_id, kind="code",
                 message=code_message(verification, sms.text, code, locale, first=first is not None),
                 dedupe_key=f"vf:{verification.id}:sms:{sms_id}", priority=CODE_PRIORITY,
-                source_received_at=source_received_at or sms.received_at,
+                source_received_at=source_received_at or sms.received_at, express=True,
             )
             if first is not None:
                 await enqueue_status(session, verification, locale)

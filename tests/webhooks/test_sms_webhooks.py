@@ -181,6 +181,7 @@ async def test_message_and_delivery_are_written_in_one_transaction(
 
     monkeypatch.setattr(outbox, "enqueue", broken)
     monkeypatch.setattr(outbox_store, "enqueue", broken)  # enqueue_for_user's own reference
+    monkeypatch.setattr(outbox, "enqueue_many", broken)  # the relays' (core.messaging.inbound.store)
     hook = twilio_inbound("atomic")
     assert (await hooks.twilio(hook))[0] == 500  # Twilio retries a 5xx
     assert await count(db, Message) == 0

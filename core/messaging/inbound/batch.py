@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.api import events as api_events
@@ -16,12 +16,17 @@ from core.messaging.inbound.store import (
     NEEDS_NOTE,
     OPT_IN_KEYWORDS,
     OPT_OUT_KEYWORDS,
+    Chats,
     Notes,
+    Relay,
+    add_chat,
+    enqueue_relays,
     inbound_row,
     keyword,
+    owner_chats,
     store_inbound,
 )
-from core.messaging.relay import RELAY_PRIORITY, relay_message
+from core.messaging.relay import relay_message
 from core.messaging.results import InboundOutcome
 from core.messaging.storage import insert_for
 from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
@@ -29,11 +34,6 @@ from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.settings import Settings
 from core.providers.sms import InboundSms
-
-# (user id, message id, relay, received at) of one relay to queue.
-Relay = tuple[int, int, outbox.OutgoingMessage, datetime]
-# User id -> the (platform, chat id) of each chat their relays go to, oldest first.
-Chats = dict[int, list[tuple[str, str]]]
 
 
 @dataclass
@@ -73,17 +73,15 @@ async def store_batch(
     for row in (
         await session.execute(
             select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
-                   ChatIdentity.platform, ChatIdentity.chat_id)
+                   ChatIdentity.platform, ChatIdentity.chat_id, outbox.chat_busy())
             .join(User, User.id == PhoneNumber.user_id)
-            .outerjoin(ChatIdentity, and_(ChatIdentity.user_id == User.id, ChatIdentity.chat_id.is_not(None),
-                                          ChatIdentity.unreachable_at.is_(None)))
+            .outerjoin(ChatIdentity, owner_chats())
             .where(PhoneNumber.e164.in_({batch[i].sms.to_e164 for i in unique}), PhoneNumber.state == "active")
             .order_by(PhoneNumber.id, ChatIdentity.id)  # the newest owner of a number wins, as in store_inbound
         )
     ).all():
         owners[row.e164] = row
-        if row.chat_id is not None and (chat := (row.platform, row.chat_id)) not in chats.setdefault(row.user_id, []):
-            chats[row.user_id].append(chat)
+        add_chat(chats, row)
     owned: list[int] = []
     for index in unique:
         owner = owners.get(batch[index].sms.to_e164)
@@ -191,7 +189,7 @@ async def _store_owned(
     # One statement for the batch's message.received events, not one per SMS.
     await api_events.record_many(session, events)
     if relays:
-        await _enqueue_relays(session, relays, chats)
+        await enqueue_relays(session, relays, chats)
 
 
 async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Any]:
@@ -204,24 +202,3 @@ async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]])
         )
     ).all()
     return {(row.phone_number_id, row.remote_e164): row for row in found if (row.phone_number_id, row.remote_e164) in pairs}
-
-
-async def _enqueue_relays(session: AsyncSession, relays: list[Relay], chats: Chats) -> None:
-    """outbox.enqueue_for_user for many messages, to the chats the owners' query found, in one statement."""
-    rows: list[dict[str, Any]] = []
-    now = utcnow()
-    origin = outbox.origin_of(session)
-    for user_id, message_id, relay, received_at in relays:
-        seen: set[str] = set()
-        payload = relay.to_payload()
-        for platform, chat_id in chats.get(user_id, []):
-            # The same dedupe keys enqueue_for_user gives, so either path makes a retry harmless.
-            suffix = platform if platform not in seen else f"{platform}:{chat_id}"
-            seen.add(platform)
-            rows.append({
-                "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": "sms",
-                "payload": payload, "dedupe_key": f"sms:{message_id}:{suffix}", "state": "pending",
-                "priority": RELAY_PRIORITY, "attempts": 0, "next_attempt_at": now,
-                "source_received_at": received_at, "created_at": now, "origin": origin,
-            })
-    await outbox.enqueue_many(session, rows)

@@ -16,7 +16,7 @@ from core.api import events as api_events
 from core.messaging.relay import RELAY_PRIORITY, relay_message
 from core.messaging.results import InboundOutcome
 from core.messaging.storage import conversation_between, insert_for
-from core.models import Conversation, Message, PhoneNumber, User
+from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.i18n import escape
@@ -33,6 +33,11 @@ OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP"})
 
 # Automatic-analysis notes waiting for their relay, by (provider, provider message id).
 Notes = dict[tuple[str, str], str]
+# (user id, message id, relay, received at) of one relay to queue.
+Relay = tuple[int, int, outbox.OutgoingMessage, datetime]
+# User id -> the (platform, chat id, busy) of each chat their relays go to, oldest first; busy: something is
+# waiting or being sent there already.
+Chats = dict[int, list[tuple[str, str, bool]]]
 # An outcome that never leaves core.messaging.inbound: stored nothing, analyse it outside the transaction first.
 NEEDS_NOTE = "needs_note"
 
@@ -66,30 +71,45 @@ async def _insert_inbound(
     )
 
 
+def add_chat(chats: Chats, row: Any) -> None:
+    """A row of an owner query that outer-joins the owner's reachable chats (with `outbox.chat_busy()`)."""
+    known = chats.setdefault(row.user_id, [])
+    if row.chat_id is not None and all(chat[:2] != (row.platform, row.chat_id) for chat in known):
+        known.append((row.platform, row.chat_id, bool(row.busy)))
+
+
+def owner_chats() -> Any:
+    """The outer join of an owner query (User in its FROM) to the chats that owner's relays go to."""
+    return and_(ChatIdentity.user_id == User.id, ChatIdentity.chat_id.is_not(None),
+                ChatIdentity.unreachable_at.is_(None))
+
+
 async def store_inbound(
     session: AsyncSession, settings: Settings, notes: Notes, sms: InboundSms, received_at: datetime,
     *, defer_auto: bool = False,
 ) -> InboundOutcome:
     """Store one SMS and queue its relay; with `defer_auto`, an SMS to an owner who turned automatic analysis on
     is not stored but answered NEEDS_NOTE (see batch.store_batch)."""
-    # One query finds the owner, their language and the thread (if any): this path runs for every SMS.
-    owner = (
+    # One query finds the owner, their language, the thread (if any) and the chats to relay to, a row per chat:
+    # this path runs for every SMS.
+    rows = (
         await session.execute(
             select(
                 PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
                 Conversation.id.label("conversation_id"), Conversation.blocked, Conversation.opted_out,
-                Conversation.contact_name,
+                Conversation.contact_name, ChatIdentity.platform, ChatIdentity.chat_id, outbox.chat_busy(),
             )
             .join(User, User.id == PhoneNumber.user_id)
             .outerjoin(
                 Conversation,
                 and_(Conversation.phone_number_id == PhoneNumber.id, Conversation.remote_e164 == sms.from_e164),
             )
+            .outerjoin(ChatIdentity, owner_chats())
             .where(PhoneNumber.e164 == sms.to_e164, PhoneNumber.state == "active")
-            .order_by(PhoneNumber.id.desc())
-            .limit(1)
+            .order_by(PhoneNumber.id.desc(), ChatIdentity.id)
         )
-    ).first()
+    ).all()
+    owner = rows[0] if rows else None  # the newest owner of the number wins
     if owner is None:
         message_id = await _insert_inbound(session, sms, None, None, received_at)
         if message_id is None:
@@ -144,8 +164,38 @@ async def store_inbound(
         session, owner.user_id, message_id=message_id, conversation_id=conversation_id, from_e164=sms.from_e164,
         to_e164=sms.to_e164, text_=sms.body, received_at=received_at,
     )
-    await outbox.enqueue_for_user(
-        session, owner.user_id, kind="sms", message=relay, dedupe_key=f"sms:{message_id}",
-        priority=RELAY_PRIORITY, source_received_at=received_at,
-    )
+    chats: Chats = {}
+    for row in rows:
+        if row.id == owner.id:
+            add_chat(chats, row)
+    await enqueue_relays(session, [(owner.user_id, message_id, relay, received_at)], chats)
     return InboundOutcome("relayed", message_id, conversation_id)
+
+
+async def enqueue_relays(session: AsyncSession, relays: list[Relay], chats: Chats) -> None:
+    """outbox.enqueue_for_user(express=True) for one or many relays, to the chats the owners' query found
+    (`add_chat`), in one statement: the first relay to a chat with nothing waiting is claimed for this process's
+    dispatcher and sent at commit."""
+    rows: list[dict[str, Any]] = []
+    now = utcnow()
+    origin = outbox.origin_of(session)
+    queued: set[tuple[str, str]] = set()  # chats this batch has queued a relay for already
+    for user_id, message_id, relay, received_at in relays:
+        seen: set[str] = set()
+        payload = relay.to_payload()
+        for platform, chat_id, busy in chats.get(user_id, []):
+            # The same dedupe keys enqueue_for_user gives, so either path makes a retry harmless.
+            suffix = platform if platform not in seen else f"{platform}:{chat_id}"
+            seen.add(platform)
+            row = {
+                "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": "sms",
+                "payload": payload, "dedupe_key": f"sms:{message_id}:{suffix}", "state": "pending",
+                "priority": RELAY_PRIORITY, "attempts": 0, "next_attempt_at": now,
+                "source_received_at": received_at, "created_at": now, "origin": origin,
+                "claimed_by": None, "claimed_until": None,  # every row of an executemany has the same keys
+            }
+            if not busy and (platform, chat_id) not in queued and (claim := outbox.express_claim(session, platform)):
+                row.update(claim.columns())
+            queued.add((platform, chat_id))
+            rows.append(row)
+    await outbox.enqueue_many(session, rows)

@@ -19,6 +19,7 @@ from core.platform.outbox.messages import (
 )
 from core.platform.outbox.store import (
     ACTIVE_STATES,
+    chat_busy,
     count_retryable_parked,
     enqueue,
     enqueue_for_user,
@@ -30,8 +31,10 @@ from core.platform.outbox.store import (
 from core.platform.outbox.wake import (
     NOTIFY_CHANNEL,
     SENT_HOOKS,
+    ExpressClaim,
     SentHook,
     Waker,
+    express_claim,
     origin_of,
     register_sent_hook,
     register_waker,
@@ -54,7 +57,10 @@ __all__ = [
     "OutgoingMessage",
     "SentHook",
     "Waker",
+    "chat_busy",
     "count_retryable_parked",
+    "ExpressClaim",
+    "express_claim",
     "enqueue",
     "enqueue_many",
     "enqueue_for_user",

@@ -93,6 +93,8 @@ class OutboxDispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[asyncio.Task[None], OutboxDelivery] = {}
         self._done: list[Outcome] = []
+        # Sending slots promised to transactions that may enqueue deliveries claimed for us (see wake.express_claim).
+        self._reserved = 0
         self._retry_timers: list[float] = []
         self._unregister_waker: Callable[[], None] | None = None
 
@@ -130,7 +132,9 @@ class OutboxDispatcher:
                 await self.liveness.stop()
             raise
         origin = self.liveness.key if self._is_postgresql else None
-        self._unregister_waker = register_waker(self.wake, engine=self.db.engine.sync_engine, origin=origin)
+        self._unregister_waker = register_waker(
+            self.wake, engine=self.db.engine.sync_engine, origin=origin, express=self if self._is_postgresql else None
+        )
         if self._is_postgresql:
             self._tasks.append(asyncio.create_task(self._listener.run(), name=f"outbox-listen-{self.instance_id}"))
             try:
@@ -199,6 +203,44 @@ class OutboxDispatcher:
         else:
             loop.call_soon_threadsafe(self._wakeup.set)
 
+    # -- deliveries claimed for us as they are enqueued (wake.express_claim) --
+
+    def reserve(self, platform: str) -> int | None:
+        """A free sending slot for a chat of `platform`: our liveness key, which the delivery is claimed by."""
+        if self._stopping or not self._tasks or not self.liveness.alive or platform not in self.senders:
+            return None
+        if len(self._in_flight) + self._reserved >= self.concurrency:
+            return None
+        self._reserved += 1
+        return self.liveness.key
+
+    def release(self, slots: int) -> None:
+        self._reserved = max(0, self._reserved - slots)
+
+    def take(self, deliveries: list[OutboxDelivery]) -> None:
+        """Send deliveries claimed for us in a transaction that has just committed, as a claim's would be."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # never started here: they are taken over like any dead instance's claims
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._start_sends(deliveries)
+        else:
+            loop.call_soon_threadsafe(self._start_sends, deliveries)
+
+    def _start_sends(self, deliveries: list[OutboxDelivery]) -> None:
+        if self._stopping:
+            # Claimed for us but not started: back to pending by our next start, or another instance's takeover.
+            log.info("outbox %s: stopping, %d deliveries claimed at enqueue left for takeover", self.instance_id,
+                     len(deliveries))
+            return
+        for delivery in deliveries:
+            task = asyncio.create_task(self._send_in_background(delivery), name=f"outbox-send-{delivery.id}")
+            self._in_flight[task] = delivery
+
     async def run_once(self) -> int:
         """Claim one batch, send it and record the outcomes; returns how many deliveries were claimed.
 
@@ -229,7 +271,8 @@ class OutboxDispatcher:
         while not self._stopping:
             self._wakeup.clear()
             # Without our liveness lock a claim would look like a dead instance's to the others: record only.
-            limit = min(self.batch_size, self.concurrency - len(self._in_flight)) if self.liveness.alive else 0
+            room = self.concurrency - len(self._in_flight) - self._reserved
+            limit = min(self.batch_size, room) if self.liveness.alive else 0
             try:
                 claimed = await self._cycle(limit) if limit > 0 or self._done else []
                 failures = 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, exists, func, or_, select, text, true, update
+from sqlalchemy import Integer, bindparam, exists, func, literal, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -20,7 +20,14 @@ from core.platform.clock import utcnow
 from core.platform.db import Database
 from core.platform.outbox.liveness import InstanceLiveness
 from core.platform.outbox.messages import OutgoingMessage
-from core.platform.outbox.wake import SENT_HOOKS, arrange_wake, origin_of
+from core.platform.outbox.wake import (
+    SENT_HOOKS,
+    ExpressClaim,
+    arrange_wake,
+    express_claim,
+    hand_over,
+    origin_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +62,62 @@ async def enqueue(
     dedupe_key: str | None = None,
     priority: int = 0,
     source_received_at: datetime | None = None,
+    claim: ExpressClaim | None = None,
 ) -> OutboxDelivery | None:
-    """Add a pending delivery in the caller's transaction; None when `dedupe_key` was already used."""
+    """Add a pending delivery in the caller's transaction; None when `dedupe_key` was already used.
+
+    With `claim` (from wake.express_claim, for a chat the caller found idle) it is inserted claimed by this
+    process's dispatcher, which sends it as soon as the transaction commits."""
     if dedupe_key is not None and len(dedupe_key) > _DEDUPE_KEY_MAX:
         raise ValueError(f"dedupe_key longer than {_DEDUPE_KEY_MAX} characters")
     now = utcnow()
+    columns: dict[str, Any] = {
+        "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": kind,
+        "payload": message.to_payload(), "dedupe_key": dedupe_key, "state": "pending", "priority": priority,
+        "attempts": 0, "next_attempt_at": now, "source_received_at": source_received_at, "created_at": now,
+        "origin": origin_of(session),
+    }
+    if claim is not None:
+        columns.update(claim.columns())
     statement = (
         _insert(session)(OutboxDelivery)
-        .values(
-            user_id=user_id, platform=platform, chat_id=str(chat_id), kind=kind, payload=message.to_payload(),
-            dedupe_key=dedupe_key, state="pending", priority=priority, attempts=0, next_attempt_at=now,
-            source_received_at=source_received_at, created_at=now, origin=origin_of(session),
-        )
+        .values(**columns)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(OutboxDelivery)
     )
     delivery = await session.scalar(statement, execution_options={"populate_existing": True})
     if delivery is not None:
-        await arrange_wake(session)
+        if claim is not None:
+            hand_over(session, [delivery])
+        else:
+            await arrange_wake(session)
     return delivery
 
 
 async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
     """Many deliveries in the caller's transaction with one statement: `rows` hold OutboxDelivery's columns, as a
-    group commit builds them. A row whose `dedupe_key` was used already is left out; returns how many were added."""
+    group commit builds them, each with its `dedupe_key`; a row with an express claim's columns (see `enqueue`)
+    is sent by this process's dispatcher at commit. A row whose `dedupe_key` was used already is left out;
+    returns how many were added."""
     if not rows:
         return 0
     table = OutboxDelivery.__table__
     connection = await session.connection()
     # An executemany that SQLAlchemy sends as one multi-row INSERT (insertmanyvalues) from one cached statement.
-    added = (
-        await connection.execute(
-            _insert(session)(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id), rows
+    added = {
+        row.dedupe_key: row.id
+        for row in await connection.execute(
+            _insert(session)(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(table.c.id, table.c.dedupe_key),
+            rows,
         )
-    ).all()
-    if added:
+    }
+    claimed = [
+        OutboxDelivery(id=added[row["dedupe_key"]], **row)
+        for row in rows if row.get("state") == "sending" and row["dedupe_key"] in added
+    ]
+    hand_over(session, claimed)
+    if len(claimed) < len(added):
         await arrange_wake(session)
     return len(added)
 
@@ -103,11 +131,15 @@ async def enqueue_for_user(
     dedupe_key: str | None = None,
     priority: int = 0,
     source_received_at: datetime | None = None,
+    express: bool = False,
 ) -> list[OutboxDelivery]:
-    """One delivery per reachable chat of the user; the dedupe key gets the platform appended per copy."""
-    identities = (
-        await session.scalars(
-            select(ChatIdentity)
+    """One delivery per reachable chat of the user; the dedupe key gets the platform appended per copy.
+
+    `express`, for what a person waits for (a relayed SMS, a code): a copy to a chat with nothing waiting or being
+    sent is claimed for this process's dispatcher as it is inserted, and sent at commit (wake.express_claim)."""
+    found = (
+        await session.execute(
+            select(ChatIdentity, chat_busy() if express else literal(True))
             .where(
                 ChatIdentity.user_id == user_id,
                 ChatIdentity.chat_id.is_not(None),
@@ -118,7 +150,7 @@ async def enqueue_for_user(
     ).all()
     deliveries: list[OutboxDelivery] = []
     seen_platforms: set[str] = set()
-    for identity in identities:
+    for identity, busy in found:
         assert identity.chat_id is not None
         key = None
         if dedupe_key is not None:
@@ -131,10 +163,22 @@ async def enqueue_for_user(
         delivery = await enqueue(
             session, platform=identity.platform, chat_id=identity.chat_id, kind=kind, message=message,
             user_id=user_id, dedupe_key=key, priority=priority, source_received_at=source_received_at,
+            claim=None if busy else express_claim(session, identity.platform),
         )
         if delivery is not None:
             deliveries.append(delivery)
     return deliveries
+
+
+def chat_busy() -> Any:
+    """Whether a ChatIdentity's chat has a delivery waiting or being sent: the claim's rule for a chat's order."""
+    return (
+        exists()
+        .where(OutboxDelivery.platform == ChatIdentity.platform, OutboxDelivery.chat_id == ChatIdentity.chat_id,
+               OutboxDelivery.state.in_(ACTIVE_STATES))
+        .correlate(ChatIdentity)
+        .label("busy")
+    )
 
 
 # --- Health -----------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from core.money.limits import LimitReached
 from core.platform.clock import utcnow
 from core.platform.db import Database
 from core.platform.i18n import t
-from core.platform.outbox import OutgoingMessage
+from core.platform.outbox import OutboxDispatcher, OutgoingMessage
 from core.platform.settings import Settings
 from core.providers.plan import ProviderPlan
 from core.providers.sandbox_sms import SandboxSmsProvider
@@ -39,6 +39,7 @@ from core.providers.sms import InboundSms, SmsProvider, StatusUpdate
 from core.providers.twilio import TwilioProvider
 from core.providers.vonage import VonageProvider
 from tests.conftest import make_settings
+from tests.fakes.chat_sender import RecordingSender
 from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilioServer
 from tests.fakes.vonage_api import DEFAULT_SIGNATURE_SECRET, FakeVonageServer
 
@@ -672,6 +673,50 @@ async def test_a_grouped_burst_reaches_every_reachable_chat_of_each_owner_once(d
                          (f"sms:{outcome.message_id}:discord", "discord", "771")}
     assert sorted((d.dedupe_key, d.platform, d.chat_id) for d in relays) == sorted(expected)
     assert all(OutgoingMessage.from_payload(d.payload).text for d in relays)
+
+
+@pytest.mark.postgres_only
+async def test_each_idle_chat_gets_its_first_relay_of_a_burst_at_commit_and_the_rest_in_order(db: Database) -> None:
+    """The first relay to a chat with nothing queued is claimed for this process's dispatcher in the inserting
+    transaction, by the single path and the grouped one alike; what follows waits its turn behind it."""
+    user, other = await new_user(db, "1"), await new_user(db, "2")
+    mine, theirs = await give_number(db, user.id, "+12125550100"), await give_number(db, other.id, "+12125550102")
+    sender = RecordingSender(latency=0.3)  # each chat stays busy for the whole burst
+    dispatcher = OutboxDispatcher(db, {"telegram": sender}, poll_interval=30)
+    taken: list[OutboxDelivery] = []
+    take = dispatcher.take
+
+    def spy(claimed: list[OutboxDelivery]) -> None:
+        taken.extend(claimed)
+        take(claimed)
+
+    dispatcher.take = spy  # type: ignore[method-assign]
+    await dispatcher.start()
+    try:
+        async with twilio_service(db) as (service, _fake):
+            sizes: list[int] = []
+            store_batch = service.inbound._store_batch
+
+            async def sizes_spy(batch: Any) -> Any:
+                sizes.append(len(batch))
+                return await store_batch(batch)
+
+            service.inbound._store_batch = sizes_spy  # type: ignore[method-assign]
+            sms = [inbound(number.e164, body=f"{number.e164[-3:]} #{i}", sid=f"E{number.e164[-3:]}{i}")
+                   for i in range(5) for number in (mine, theirs)]
+            outcomes = await asyncio.gather(*(service.submit_inbound(s) for s in sms))
+            await sender.wait_for(10, within=10)
+    finally:
+        await dispatcher.stop()
+    assert [o.outcome for o in outcomes] == ["relayed"] * 10
+    assert max(sizes) > 1, sizes
+    relays = await deliveries(db, "sms")
+    firsts = {chat: min(d.id for d in relays if d.chat_id == chat) for chat in ("1", "2")}
+    assert sorted(d.id for d in taken) == sorted(firsts.values())
+    assert [text.rpartition("\n")[2] for text in sender.texts("1")] == [f"100 #{i}" for i in range(5)]
+    assert [text.rpartition("\n")[2] for text in sender.texts("2")] == [f"102 #{i}" for i in range(5)]
+    assert sender.overlaps == 0
+    assert {(d.state, d.attempts) for d in relays} == {("sent", 1)}
 
 
 async def test_an_sms_queued_as_the_last_writer_finishes_is_not_left_waiting(db: Database) -> None:

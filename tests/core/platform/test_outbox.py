@@ -859,6 +859,130 @@ async def test_claim_plan_does_not_grow_with_the_sent_history(db: Database) -> N
     assert "Seq Scan" not in plan, plan
 
 
+# --- Claimed as enqueued (express) -------------------------------------------------------------------------------
+
+
+async def _enqueue_express(db: Database, user_id: int, text: str, *, fail: bool = False) -> list[OutboxDelivery]:
+    async with db.transaction() as session:
+        deliveries = await enqueue_for_user(
+            session, user_id, kind="sms", message=_message(text), dedupe_key=f"x:{text}", express=True
+        )
+        if fail:
+            raise RuntimeError("the caller's work failed")
+    return deliveries
+
+
+@asynccontextmanager
+async def _claims_counted(db: Database) -> AsyncIterator[list[str]]:
+    """The dispatcher's claim statements run while inside."""
+    claims: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("UPDATE outbox_deliveries SET state") and "ANY (ARRAY(" in statement:
+            claims.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        yield claims
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+
+
+@pytest.mark.postgres_only
+async def test_an_express_delivery_to_an_idle_chat_is_sent_at_commit_without_a_claim(db: Database) -> None:
+    user_id = await _new_user(db, ("telegram", "1", False))
+    sender = RecordingSender(latency=0.3)
+    dispatcher = _dispatcher(db, sender, poll_interval=30)
+    async with _running(dispatcher):
+        await asyncio.sleep(0.2)  # the start's own claim cycle is over
+        async with _claims_counted(db) as claims:
+            [delivery] = await _enqueue_express(db, user_id, "code 123")
+            row = (await _rows(db))[delivery.id]
+            assert (row.state, row.claimed_by, row.attempts) == ("sending", dispatcher.liveness.key, 1)
+            assert row.claimed_until is not None and row.claimed_until > utcnow() + timedelta(seconds=30)
+            await sender.wait_until(lambda s: s.in_flight == 1, within=1)
+            assert claims == []
+        rows = await _wait_rows(db, lambda rows: rows[delivery.id].state == "sent")
+    assert sender.texts("1") == ["code 123"]
+    assert (rows[delivery.id].attempts, rows[delivery.id].claimed_by) == (1, None)
+    assert dispatcher._reserved == 0
+
+
+@pytest.mark.postgres_only
+async def test_an_express_delivery_waits_behind_what_its_chat_has_queued(db: Database) -> None:
+    user_id = await _new_user(db, ("telegram", "1", False))
+    sender = RecordingSender(latency=0.2)
+    dispatcher = _dispatcher(db, sender, poll_interval=30)
+    async with _running(dispatcher):
+        [first] = await _enqueue_express(db, user_id, "first")
+        await sender.wait_until(lambda s: s.in_flight == 1, within=1)
+        [second] = await _enqueue_express(db, user_id, "second")
+        row = (await _rows(db))[second.id]
+        assert (row.state, row.claimed_by, row.attempts) == ("pending", None, 0)
+        await _wait_rows(db, lambda rows: all(row.state == "sent" for row in rows.values()))
+    assert sender.texts("1") == ["first", "second"]
+    assert sender.overlaps == 0
+
+
+@pytest.mark.postgres_only
+async def test_an_express_claim_takes_a_free_slot_or_none(db: Database) -> None:
+    one = await _new_user(db, ("telegram", "1", False))
+    two = await _new_user(db, ("telegram", "2", False))
+    sender = RecordingSender(latency=0.2)
+    dispatcher = _dispatcher(db, sender, poll_interval=30, concurrency=1)
+    async with _running(dispatcher):
+        await _enqueue_express(db, one, "first")
+        await sender.wait_until(lambda s: s.in_flight == 1, within=1)
+        [queued] = await _enqueue_express(db, two, "second")  # the only slot is busy
+        assert (await _rows(db))[queued.id].state == "pending"
+        await _wait_rows(db, lambda rows: all(row.state == "sent" for row in rows.values()))
+    assert sender.max_in_flight == 1
+    assert sorted(sender.texts()) == ["first", "second"]
+
+
+@pytest.mark.postgres_only
+async def test_a_rolled_back_express_claim_sends_nothing_and_frees_its_slot(db: Database) -> None:
+    user_id = await _new_user(db, ("telegram", "1", False))
+    sender = RecordingSender()
+    dispatcher = _dispatcher(db, sender, poll_interval=30, concurrency=1)
+    async with _running(dispatcher):
+        with pytest.raises(RuntimeError):
+            await _enqueue_express(db, user_id, "never", fail=True)
+        assert dispatcher._reserved == 0
+        [delivery] = await _enqueue_express(db, user_id, "sent")
+        assert (await _rows(db))[delivery.id].state in ("sending", "sent")
+        await sender.wait_for(1)
+    assert sender.texts() == ["sent"]
+    assert list(await _rows(db)) == [delivery.id]
+
+
+@pytest.mark.postgres_only
+async def test_an_express_delivery_of_a_killed_process_goes_out_after_its_restart(db: Database) -> None:
+    user_id = await _new_user(db, ("telegram", "1", False))
+    hung = RecordingSender(latency=3600)
+    crashed = _dispatcher(db, hung)
+    await crashed.start()
+    [delivery] = await _enqueue_express(db, user_id, "code 123")
+    await hung.wait_until(lambda s: s.in_flight == 1)
+    await _kill(crashed)
+    assert (await _rows(db))[delivery.id].claimed_by == crashed.liveness.key
+
+    sender = RecordingSender()
+    async with _running(_dispatcher(db, sender, poll_interval=30)):
+        await sender.wait_for(1, within=10)
+        rows = await _wait_rows(db, lambda rows: rows[delivery.id].state == "sent")
+    assert sender.texts("1") == ["code 123"]
+    assert rows[delivery.id].attempts == 2
+
+
+async def test_without_a_dispatcher_an_express_delivery_just_waits(db: Database) -> None:
+    """No dispatcher in this process (a CLI command), or SQLite: the delivery is pending, for any sender."""
+    user_id = await _new_user(db, ("telegram", "1", False))
+    [delivery] = await _enqueue_express(db, user_id, "later")
+    row = (await _rows(db))[delivery.id]
+    assert (row.state, row.claimed_by, row.attempts) == ("pending", None, 0)
+
+
 # --- Several dispatchers on PostgreSQL --------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ Event types: verification.code, verification.closed, message.received, message.s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, event, func, select, text
+from sqlalchemy import Engine, Integer, String, bindparam, delete, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -101,6 +102,36 @@ def _insert(session: AsyncSession) -> Any:
     return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
 
 
+@functools.cache
+def _live_endpoints() -> Any:
+    return select(ApiWebhookEndpoint.id).where(
+        ApiWebhookEndpoint.user_id == bindparam("b_user", type_=Integer), ApiWebhookEndpoint.deleted_at.is_(None)
+    )
+
+
+@functools.cache
+def _record_statement(dialect: str, dedupe: bool) -> Any:
+    """`record`'s INSERT, built once (it runs for every inbound SMS). On PostgreSQL one round trip: the insert, the
+    NOTIFY that other instances' WebSockets hear (sent by PostgreSQL only if we commit) and the account's webhook
+    endpoints."""
+    table = ApiEvent.__table__
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(
+        user_id=bindparam("b_user", type_=Integer), type=bindparam("b_type", type_=table.c.type.type),
+        data=bindparam("b_data", type_=table.c.data.type), dedupe_key=bindparam("b_key", type_=table.c.dedupe_key.type),
+        created_at=bindparam("b_at", type_=table.c.created_at.type),
+    )
+    if dedupe:
+        statement = statement.on_conflict_do_nothing(index_elements=["dedupe_key"])
+    if dialect != "postgresql":
+        return statement.returning(table.c.id)
+    inserted = statement.returning(table.c.id).cte("inserted")
+    return select(
+        inserted.c.id,
+        func.pg_notify(NOTIFY_CHANNEL, func.concat(bindparam("b_tag", type_=String), inserted.c.id)),
+        func.array(_live_endpoints().scalar_subquery()),
+    )
+
+
 async def record(
     session: AsyncSession, user_id: int | None, type_: str, data: dict[str, Any], *, dedupe_key: str | None = None
 ) -> Event | None:
@@ -113,38 +144,41 @@ async def record(
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}")
     now = utcnow()
-    statement = _insert(session)(ApiEvent).values(
-        user_id=user_id, type=type_, data=data, dedupe_key=dedupe_key, created_at=now
-    )
-    if dedupe_key is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=["dedupe_key"])
-    live_endpoints = select(ApiWebhookEndpoint.id).where(
-        ApiWebhookEndpoint.user_id == user_id, ApiWebhookEndpoint.deleted_at.is_(None)
-    )
-    if session.bind.dialect.name == "postgresql":
-        # One round trip on the hot path (every inbound SMS): the insert, the NOTIFY that other instances'
-        # WebSockets hear (sent by PostgreSQL only if we commit) and the account's webhook endpoints.
-        inserted = statement.returning(ApiEvent.id).cte("inserted")
+    values = {"b_user": user_id, "b_type": type_, "b_data": data, "b_key": dedupe_key, "b_at": now}
+    dialect = session.bind.dialect.name
+    if dialect == "postgresql":
         row = (
-            await session.execute(
-                select(
-                    inserted.c.id,
-                    func.pg_notify(NOTIFY_CHANNEL, func.concat(f"{user_id}:", inserted.c.id)),
-                    func.array(live_endpoints.scalar_subquery()),
-                )
-            )
+            await session.execute(_record_statement(dialect, dedupe_key is not None), {**values, "b_tag": f"{user_id}:"})
         ).first()
         if row is None:
             return None
         event_id, endpoints = row[0], list(row[2] or [])
     else:
-        event_id = await session.scalar(statement.returning(ApiEvent.id))
+        event_id = await session.scalar(_record_statement(dialect, dedupe_key is not None), values)
         if event_id is None:
             return None
-        endpoints = list((await session.scalars(live_endpoints)).all())
+        endpoints = list((await session.scalars(_live_endpoints(), {"b_user": user_id})).all())
     recorded = Event(id=int(event_id), user_id=user_id, type=type_, created_at=now, data=data)
     await _deliver_and_publish(session, recorded, endpoints)
     return recorded
+
+
+_NOTIFY_MANY = text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload")
+_ENDPOINTS_OF = (
+    select(ApiWebhookEndpoint.id, ApiWebhookEndpoint.user_id)
+    .where(ApiWebhookEndpoint.user_id.in_(bindparam("b_users", expanding=True)), ApiWebhookEndpoint.deleted_at.is_(None))
+    .order_by(ApiWebhookEndpoint.id)
+)
+
+
+@functools.cache
+def _record_many_insert(dialect: str) -> Any:
+    table = ApiEvent.__table__
+    return (
+        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(table.c.id, table.c.user_id, table.c.dedupe_key)
+    )
 
 
 async def record_many(
@@ -160,15 +194,12 @@ async def record_many(
         if type_ not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type_!r}")
     now = utcnow()
-    table = ApiEvent.__table__
     connection = await session.connection()
     # An executemany that SQLAlchemy sends as one multi-row INSERT whatever the batch's size (insertmanyvalues),
     # from one cached statement: a .values([...]) of N rows would be compiled anew for every N.
     rows = (
         await connection.execute(
-            _insert(session)(table)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(table.c.id, table.c.user_id, table.c.dedupe_key),
+            _record_many_insert(session.bind.dialect.name),
             [
                 {"user_id": user_id, "type": type_, "data": data, "dedupe_key": key, "created_at": now}
                 for user_id, type_, data, key in events
@@ -178,8 +209,7 @@ async def record_many(
     if rows and session.bind.dialect.name == "postgresql":
         # Sent by PostgreSQL only if we commit, as record's.
         await connection.execute(
-            text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload"),
-            {"channel": NOTIFY_CHANNEL, "payloads": [f"{row.user_id}:{row.id}" for row in rows]},
+            _NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": [f"{row.user_id}:{row.id}" for row in rows]}
         )
     ids = {row.dedupe_key: int(row.id) for row in rows}
     written = [
@@ -190,11 +220,8 @@ async def record_many(
         return []
     endpoints: dict[int, list[int]] = {}
     for endpoint_id, user_id in (
-        await session.execute(
-            select(ApiWebhookEndpoint.id, ApiWebhookEndpoint.user_id).where(
-                ApiWebhookEndpoint.user_id.in_({recorded.user_id for recorded in written}),
-                ApiWebhookEndpoint.deleted_at.is_(None),
-            ).order_by(ApiWebhookEndpoint.id)
+        await connection.execute(
+            _ENDPOINTS_OF, {"b_users": sorted({recorded.user_id for recorded in written})}
         )
     ).all():
         endpoints.setdefault(user_id, []).append(endpoint_id)

@@ -4,6 +4,7 @@ step (owners, threads, messages, unread counts, relays) instead of one per SMS."
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,13 +24,15 @@ from core.messaging.inbound.store import (
     enqueue_relays,
     inbound_row,
     keyword,
+    message_insert,
     owner_chats,
     store_inbound,
+    unread_update,
 )
 from core.messaging.relay import relay_message
 from core.messaging.results import InboundOutcome
 from core.messaging.storage import insert_for
-from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
+from core.models import ChatIdentity, Conversation, PhoneNumber, User
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.settings import Settings
@@ -44,6 +47,30 @@ class PendingInbound:
     received_at: datetime
     future: asyncio.Future[InboundOutcome]
     analysed: bool = False  # automatic analysis done (or not wanted): store it as it is
+
+
+# Built once, with bound parameters: building them per batch cost as much CPU as a few SMS (see store.py).
+
+
+@functools.cache
+def _owners_query() -> Any:
+    return (
+        select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
+               ChatIdentity.platform, ChatIdentity.chat_id, outbox.chat_busy())
+        .join(User, User.id == PhoneNumber.user_id)
+        .outerjoin(ChatIdentity, owner_chats())
+        .where(PhoneNumber.e164.in_(bindparam("b_numbers", expanding=True)), PhoneNumber.state == "active")
+        .order_by(PhoneNumber.id, ChatIdentity.id)  # the newest owner of a number wins, as in store_inbound
+    )
+
+
+@functools.cache
+def _conversations_query() -> Any:
+    return select(
+        Conversation.id, Conversation.phone_number_id, Conversation.remote_e164, Conversation.blocked,
+        Conversation.opted_out, Conversation.contact_name,
+    ).where(Conversation.phone_number_id.in_(bindparam("b_numbers", expanding=True)),
+            Conversation.remote_e164.in_(bindparam("b_remotes", expanding=True)))
 
 
 async def store_batch(
@@ -70,16 +97,8 @@ async def store_batch(
     # The owners and, in the same round trip, the chats their relays go to.
     owners: dict[str, Any] = {}
     chats: Chats = {}
-    for row in (
-        await session.execute(
-            select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
-                   ChatIdentity.platform, ChatIdentity.chat_id, outbox.chat_busy())
-            .join(User, User.id == PhoneNumber.user_id)
-            .outerjoin(ChatIdentity, owner_chats())
-            .where(PhoneNumber.e164.in_({batch[i].sms.to_e164 for i in unique}), PhoneNumber.state == "active")
-            .order_by(PhoneNumber.id, ChatIdentity.id)  # the newest owner of a number wins, as in store_inbound
-        )
-    ).all():
+    connection = await session.connection()
+    for row in (await connection.execute(_owners_query(), {"b_numbers": sorted({batch[i].sms.to_e164 for i in unique})})):
         owners[row.e164] = row
         add_chat(chats, row)
     owned: list[int] = []
@@ -123,18 +142,10 @@ async def _store_owned(
         sms, owner = batch[index].sms, owners[batch[index].sms.to_e164]
         conversation_id = conversations[(owner.id, sms.from_e164)].id
         rows.append(inbound_row(sms, owner.user_id, conversation_id, batch[index].received_at, now))
-    table = Message.__table__
     connection = await session.connection()
     inserted = {
         (row.provider, row.provider_message_id): row.id
-        for row in (
-            await connection.execute(
-                insert_for(session)(table)
-                .on_conflict_do_nothing(index_elements=["provider", "provider_message_id"])
-                .returning(table.c.id, table.c.provider, table.c.provider_message_id),
-                rows,
-            )
-        ).all()
+        for row in (await connection.execute(message_insert(session.bind.dialect.name), rows)).all()
     }
     unread: dict[int, list[Any]] = {}
     relays: list[Relay] = []
@@ -177,14 +188,9 @@ async def _store_owned(
             to_e164=item.sms.to_e164, text_=item.sms.body, received_at=item.received_at,
         ))
     if unread:
-        table = Conversation.__table__
-        connection = await session.connection()
         # Sorted, so two writers (two instances) always lock conversations in the same order.
         await connection.execute(
-            update(table).where(table.c.id == bindparam("b_id")).values(
-                unread_count=table.c.unread_count + bindparam("b_count"), last_message_at=bindparam("b_at"),
-            ),
-            [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())],
+            unread_update(), [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
         )
     # One statement for the batch's message.received events, not one per SMS.
     await api_events.record_many(session, events)
@@ -193,12 +199,11 @@ async def _store_owned(
 
 
 async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Any]:
+    connection = await session.connection()
     found = (
-        await session.execute(
-            select(Conversation.id, Conversation.phone_number_id, Conversation.remote_e164, Conversation.blocked,
-                   Conversation.opted_out, Conversation.contact_name)
-            .where(Conversation.phone_number_id.in_({n for n, _ in pairs}),
-                   Conversation.remote_e164.in_({r for _, r in pairs}))
+        await connection.execute(
+            _conversations_query(),
+            {"b_numbers": sorted({n for n, _ in pairs}), "b_remotes": sorted({r for _, r in pairs})},
         )
     ).all()
     return {(row.phone_number_id, row.remote_e164): row for row in found if (row.phone_number_id, row.remote_e164) in pairs}

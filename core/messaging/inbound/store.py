@@ -3,19 +3,21 @@ STOP/START keywords applied, blocked senders stored but not relayed, unknown des
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Integer, String, and_, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.admin.alerts import alert_admins
 from core.api import events as api_events
 from core.messaging.relay import RELAY_PRIORITY, relay_message
 from core.messaging.results import InboundOutcome
-from core.messaging.storage import conversation_between, insert_for
+from core.messaging.storage import conversation_between
 from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
 from core.platform import outbox
 from core.platform.clock import utcnow
@@ -60,15 +62,61 @@ def inbound_row(
     }
 
 
-async def _insert_inbound(
-    session: AsyncSession, sms: InboundSms, user_id: int | None, conversation_id: int | None, received_at: datetime,
-) -> int | None:
-    return await session.scalar(
-        insert_for(session)(Message)
-        .values(**inbound_row(sms, user_id, conversation_id, received_at, utcnow()))
-        .on_conflict_do_nothing(index_elements=["provider", "provider_message_id"])
-        .returning(Message.id)
+# The statements of this path are built once, with bound parameters, rather than per SMS: building a statement
+# and its cache key cost more of the CPU than anything else an SMS does here (a profile of one SMS at a time).
+
+
+@functools.cache
+def message_insert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id of `inbound_row`s, one or many (executemany)."""
+    table = Message.__table__
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(table).on_conflict_do_nothing(index_elements=["provider", "provider_message_id"])
+        .returning(table.c.id, table.c.provider, table.c.provider_message_id)
     )
+
+
+@functools.cache
+def _owner_query() -> Any:
+    """The newest active owner of a number (b_to), their thread with the sender (b_from) and their chats."""
+    return (
+        select(
+            PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
+            Conversation.id.label("conversation_id"), Conversation.blocked, Conversation.opted_out,
+            Conversation.contact_name, ChatIdentity.platform, ChatIdentity.chat_id, outbox.chat_busy(),
+        )
+        .join(User, User.id == PhoneNumber.user_id)
+        .outerjoin(
+            Conversation,
+            and_(Conversation.phone_number_id == PhoneNumber.id,
+                 Conversation.remote_e164 == bindparam("b_from", type_=String)),
+        )
+        .outerjoin(ChatIdentity, owner_chats())
+        .where(PhoneNumber.e164 == bindparam("b_to", type_=String), PhoneNumber.state == "active")
+        .order_by(PhoneNumber.id.desc(), ChatIdentity.id)
+    )
+
+
+@functools.cache
+def unread_update() -> Any:
+    """A thread's unread count raised by b_count and its last message time set to b_at (executemany)."""
+    table = Conversation.__table__
+    return update(table).where(table.c.id == bindparam("b_id")).values(
+        unread_count=table.c.unread_count + bindparam("b_count", type_=Integer),
+        last_message_at=bindparam("b_at", type_=table.c.last_message_at.type),
+    )
+
+
+async def _insert_inbound(
+    session: AsyncSession, sms: InboundSms, user_id: int | None, conversation_id: int | None, received_at: datetime
+) -> int | None:
+    row = (
+        await session.execute(
+            message_insert(session.bind.dialect.name), [inbound_row(sms, user_id, conversation_id, received_at, utcnow())]
+        )
+    ).first()
+    return None if row is None else int(row.id)
 
 
 def add_chat(chats: Chats, row: Any) -> None:
@@ -92,23 +140,8 @@ async def store_inbound(
     is not stored but answered NEEDS_NOTE (see batch.store_batch)."""
     # One query finds the owner, their language, the thread (if any) and the chats to relay to, a row per chat:
     # this path runs for every SMS.
-    rows = (
-        await session.execute(
-            select(
-                PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
-                Conversation.id.label("conversation_id"), Conversation.blocked, Conversation.opted_out,
-                Conversation.contact_name, ChatIdentity.platform, ChatIdentity.chat_id, outbox.chat_busy(),
-            )
-            .join(User, User.id == PhoneNumber.user_id)
-            .outerjoin(
-                Conversation,
-                and_(Conversation.phone_number_id == PhoneNumber.id, Conversation.remote_e164 == sms.from_e164),
-            )
-            .outerjoin(ChatIdentity, owner_chats())
-            .where(PhoneNumber.e164 == sms.to_e164, PhoneNumber.state == "active")
-            .order_by(PhoneNumber.id.desc(), ChatIdentity.id)
-        )
-    ).all()
+    connection = await session.connection()
+    rows = (await connection.execute(_owner_query(), {"b_to": sms.to_e164, "b_from": sms.from_e164})).all()
     owner = rows[0] if rows else None  # the newest owner of the number wins
     if owner is None:
         message_id = await _insert_inbound(session, sms, None, None, received_at)
@@ -143,18 +176,14 @@ async def store_inbound(
         changes["opted_out"], notice_key = True, "sms_stop_notice"
     elif word in OPT_IN_KEYWORDS and opted_out:
         changes["opted_out"], notice_key = False, "sms_start_notice"
+    if changes:  # rare: STOP or START
+        await session.execute(
+            update(Conversation).where(Conversation.id == conversation_id).values(**changes)
+            .execution_options(synchronize_session=False)
+        )
     if blocked:
-        if changes:
-            await session.execute(
-                update(Conversation).where(Conversation.id == conversation_id).values(**changes)
-                .execution_options(synchronize_session=False)
-            )
         return InboundOutcome("blocked", message_id, conversation_id)
-    await session.execute(
-        update(Conversation).where(Conversation.id == conversation_id)
-        .values(unread_count=Conversation.unread_count + 1, last_message_at=received_at, **changes)
-        .execution_options(synchronize_session=False)
-    )
+    await session.execute(unread_update(), [{"b_id": conversation_id, "b_count": 1, "b_at": received_at}])
     relay = relay_message(
         owner.locale, message_id=message_id, conversation_id=conversation_id, from_e164=sms.from_e164,
         own_e164=owner.e164, body=sms.body, media_urls=sms.media_urls, contact_name=contact_name,

@@ -94,6 +94,14 @@ async def enqueue(
     return delivery
 
 
+@functools.cache
+def _insert_many(dialect: str) -> Any:
+    # Built once: enqueue_many runs for every inbound SMS or batch of them.
+    table = OutboxDelivery.__table__
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id, table.c.dedupe_key)
+
+
 async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
     """Many deliveries in the caller's transaction with one statement: `rows` hold OutboxDelivery's columns, as a
     group commit builds them, each with its `dedupe_key`; a row with an express claim's columns (see `enqueue`)
@@ -101,17 +109,14 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> int
     returns how many were added."""
     if not rows:
         return 0
-    table = OutboxDelivery.__table__
+    return len(await _insert_rows(session, rows))
+
+
+async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """enqueue_many's work: the id of each row added, by dedupe key; those claimed as enqueued are handed over."""
     connection = await session.connection()
-    # An executemany that SQLAlchemy sends as one multi-row INSERT (insertmanyvalues) from one cached statement.
-    added = {
-        row.dedupe_key: row.id
-        for row in await connection.execute(
-            _insert(session)(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(table.c.id, table.c.dedupe_key),
-            rows,
-        )
-    }
+    # An executemany that SQLAlchemy sends as one multi-row INSERT (insertmanyvalues) from one statement.
+    added = {row.dedupe_key: row.id for row in await connection.execute(_insert_many(session.bind.dialect.name), rows)}
     claimed = [
         OutboxDelivery(id=added[row["dedupe_key"]], **row)
         for row in rows if row.get("state") == "sending" and row["dedupe_key"] in added
@@ -119,7 +124,17 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> int
     hand_over(session, claimed)
     if len(claimed) < len(added):
         await arrange_wake(session)
-    return len(added)
+    return added
+
+
+@functools.cache
+def _chats_of_user(express: bool) -> Any:
+    return (
+        select(ChatIdentity.platform, ChatIdentity.chat_id, chat_busy() if express else literal(True).label("busy"))
+        .where(ChatIdentity.user_id == bindparam("b_user", type_=Integer), ChatIdentity.chat_id.is_not(None),
+               ChatIdentity.unreachable_at.is_(None))
+        .order_by(ChatIdentity.id)
+    )
 
 
 async def enqueue_for_user(
@@ -137,37 +152,44 @@ async def enqueue_for_user(
 
     `express`, for what a person waits for (a relayed SMS, a code): a copy to a chat with nothing waiting or being
     sent is claimed for this process's dispatcher as it is inserted, and sent at commit (wake.express_claim)."""
-    found = (
-        await session.execute(
-            select(ChatIdentity, chat_busy() if express else literal(True))
-            .where(
-                ChatIdentity.user_id == user_id,
-                ChatIdentity.chat_id.is_not(None),
-                ChatIdentity.unreachable_at.is_(None),
+    connection = await session.connection()
+    found = (await connection.execute(_chats_of_user(express), {"b_user": user_id})).all()
+    if dedupe_key is None:  # each its own INSERT, since one statement tells its rows apart by their keys
+        deliveries: list[OutboxDelivery] = []
+        for platform, chat_id, busy in found:
+            delivery = await enqueue(
+                session, platform=platform, chat_id=chat_id, kind=kind, message=message, user_id=user_id,
+                priority=priority, source_received_at=source_received_at,
+                claim=None if busy else express_claim(session, platform),
             )
-            .order_by(ChatIdentity.id)
-        )
-    ).all()
-    deliveries: list[OutboxDelivery] = []
+            if delivery is not None:
+                deliveries.append(delivery)
+        return deliveries
+    now = utcnow()
+    origin = origin_of(session)
+    payload = message.to_payload()
+    rows: list[dict[str, Any]] = []
     seen_platforms: set[str] = set()
-    for identity, busy in found:
-        assert identity.chat_id is not None
-        key = None
-        if dedupe_key is not None:
-            # A second chat on the same platform (two linked Telegram accounts) needs its own key too.
-            suffix = identity.platform if identity.platform not in seen_platforms else (
-                f"{identity.platform}:{identity.chat_id}"
-            )
-            key = f"{dedupe_key}:{suffix}"
-        seen_platforms.add(identity.platform)
-        delivery = await enqueue(
-            session, platform=identity.platform, chat_id=identity.chat_id, kind=kind, message=message,
-            user_id=user_id, dedupe_key=key, priority=priority, source_received_at=source_received_at,
-            claim=None if busy else express_claim(session, identity.platform),
-        )
-        if delivery is not None:
-            deliveries.append(delivery)
-    return deliveries
+    for platform, chat_id, busy in found:
+        # A second chat on the same platform (two linked Telegram accounts) needs its own key too.
+        suffix = platform if platform not in seen_platforms else f"{platform}:{chat_id}"
+        seen_platforms.add(platform)
+        key = f"{dedupe_key}:{suffix}"
+        if len(key) > _DEDUPE_KEY_MAX:
+            raise ValueError(f"dedupe_key longer than {_DEDUPE_KEY_MAX} characters")
+        row = {
+            "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": kind, "payload": payload,
+            "dedupe_key": key, "state": "pending", "priority": priority, "attempts": 0, "next_attempt_at": now,
+            "source_received_at": source_received_at, "created_at": now, "origin": origin,
+            "claimed_by": None, "claimed_until": None,  # every row of an executemany has the same keys
+        }
+        if not busy and (claim := express_claim(session, platform)):
+            row.update(claim.columns())
+        rows.append(row)
+    if not rows:
+        return []
+    added = await _insert_rows(session, rows)
+    return [OutboxDelivery(id=added[row["dedupe_key"]], **row) for row in rows if row["dedupe_key"] in added]
 
 
 def chat_busy() -> Any:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -83,6 +84,9 @@ CALL_MODES = ("voicemail", "off", "forward")
 DIRECTIONS = ("inbound", "outbound")
 MESSAGE_STATUSES = ("received", "accepted", "queued", "sending", "sent", "delivered", "failed", "undelivered", "rejected")
 DELIVERY_STATES = ("pending", "sending", "sent", "parked", "cancelled")
+# A delivery still holding its place in its chat's queue (outbox.ACTIVE_STATES), as SQL with the states inline:
+# a partial index is only used for a condition the planner can match without knowing bound values.
+ACTIVE_DELIVERY = text("state IN ('pending', 'sending')")
 BROADCAST_STATES = ("draft", "running", "paused", "cancelled", "finished")
 RECIPIENT_STATES = ("pending", "sending", "sent", "failed", "blocked", "skipped")
 
@@ -515,6 +519,10 @@ class OutboxDelivery(Base):
         CheckConstraint(_in("platform", DELIVERY_PLATFORMS), name="platform"),
         Index("ix_outbox_deliveries_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_deliveries_chat", "platform", "chat_id", "id"),
+        # Whether a chat has something waiting (outbox.chat_busy, on every inbound SMS) without walking its
+        # sent history: only the few active rows are in it.
+        Index("ix_outbox_deliveries_active_chat", "platform", "chat_id", postgresql_where=ACTIVE_DELIVERY,
+              sqlite_where=ACTIVE_DELIVERY),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

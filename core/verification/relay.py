@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import User, Verification, VerificationSms
@@ -77,28 +77,31 @@ class SmsRelay:
             # found by its keyed fingerprint, under any configured key: rows written before a rotation match too.
             keyring = self.db.keyring or PLAIN_TEXT
             dedupe_text = VerificationSms.dedupe_text(verification.id, sms.text)
-            seen = await session.scalar(
-                select(
-                    exists().where(
-                        VerificationSms.verification_id == verification.id,
-                        (VerificationSms.provider_sms_id == sms.id[:128])
-                        | VerificationSms.text_hash.in_(keyring.fingerprints(dedupe_text)),
-                    )
-                )
-            )
-            if seen or verification.state in ("requested", "failed"):
+            if verification.state in ("requested", "failed"):
+                seen = await session.scalar(select(exists().where(
+                    VerificationSms.verification_id == verification.id,
+                    (VerificationSms.provider_sms_id == sms.id[:128])
+                    | VerificationSms.text_hash.in_(keyring.fingerprints(dedupe_text)),
+                )))
                 return EventOutcome.DUPLICATE if seen else EventOutcome.IGNORED
             code = extract_code(sms.text, verification.service, sms.parsed_code)
             now = utcnow()
+            # Stored unless seen already, in one round trip: the same id is the conflict, the same text the NOT
+            # EXISTS (the verification's row lock keeps a webhook and a poll from both passing it).
+            table = VerificationSms.__table__
+            row = select(
+                literal(verification.id, table.c.verification_id.type), literal(sms.id[:128], table.c.provider_sms_id.type),
+                literal(sms.text, table.c.text.type), literal(keyring.fingerprint(dedupe_text), table.c.text_hash.type),
+                literal(code, table.c.code.type), literal(sms.received_at or now, table.c.received_at.type),
+            ).where(~exists().where(
+                table.c.verification_id == verification.id,
+                table.c.text_hash.in_(keyring.fingerprints(dedupe_text)),
+            ))
             sms_id = await session.scalar(
-                dialect_insert(session)(VerificationSms)
-                .values(
-                    verification_id=verification.id, provider_sms_id=sms.id[:128], text=sms.text,
-                    text_hash=keyring.fingerprint(dedupe_text), code=code,
-                    received_at=sms.received_at or now,
-                )
+                dialect_insert(session)(table)
+                .from_select(["verification_id", "provider_sms_id", "text", "text_hash", "code", "received_at"], row)
                 .on_conflict_do_nothing(index_elements=["verification_id", "provider_sms_id"])
-                .returning(VerificationSms.id)
+                .returning(table.c.id)
             )
             if sms_id is None:
                 return EventOutcome.DUPLICATE

@@ -10,7 +10,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, exists, func, literal, or_, select, text, true, update
+from sqlalchemy import (
+    Integer,
+    bindparam,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -197,7 +209,8 @@ def chat_busy() -> Any:
     return (
         exists()
         .where(OutboxDelivery.platform == ChatIdentity.platform, OutboxDelivery.chat_id == ChatIdentity.chat_id,
-               OutboxDelivery.state.in_(ACTIVE_STATES))
+               # Inline, so that ix_outbox_deliveries_active_chat answers it, not the chat's whole history.
+               OutboxDelivery.state.in_([literal_column(f"'{state}'") for state in ACTIVE_STATES]))
         .correlate(ChatIdentity)
         .label("busy")
     )

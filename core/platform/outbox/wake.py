@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ NOTIFY_CHANNEL = "cumapp_outbox"
 _INFO_HOOKED = "cumapp_outbox_hooked"
 _INFO_WAKE = "cumapp_outbox_wake"
 _INFO_NOTIFIED = "cumapp_outbox_notified"
-_INFO_EXPRESS = "cumapp_outbox_express"  # (dispatcher, slots reserved, deliveries to hand it at commit)
+_INFO_EXPRESS = "cumapp_outbox_express"  # the transaction's _Express
 # Options of SQLAlchemy's asyncpg dialect that asyncpg.connect() would take for server settings and refuse.
 _SQLALCHEMY_ONLY_QUERY_KEYS = frozenset({"prepared_statement_cache_size", "prepared_statement_name_func"})
 RECONNECT_MAX_SECONDS = 2.0
@@ -128,25 +128,42 @@ def express_claim(session: AsyncSession, platform: str) -> ExpressClaim | None:
     if claimed_by is None:
         return None
     _hook(sync)
-    _, slots, deliveries = sync.info.get(_INFO_EXPRESS) or (taker, 0, [])
-    sync.info[_INFO_EXPRESS] = (taker, slots + 1, deliveries)
+    express = sync.info.setdefault(_INFO_EXPRESS, _Express(taker))
+    express.slots += 1
     return ExpressClaim(claimed_by, utcnow() + timedelta(seconds=taker.claim_seconds))
+
+
+@dataclass
+class _Express:
+    """A transaction's express claims: the slots it reserved, the deliveries to hand over at commit."""
+
+    taker: ExpressTaker
+    slots: int = 0
+    deliveries: list[OutboxDelivery] = field(default_factory=list)
 
 
 def hand_over(session: AsyncSession, deliveries: list[OutboxDelivery]) -> None:
     """Deliveries inserted with an `express_claim` of this transaction: the dispatcher sends them at commit."""
-    if deliveries:
-        session.sync_session.info[_INFO_EXPRESS][2].extend(deliveries)
+    express = session.sync_session.info.get(_INFO_EXPRESS)
+    if express is not None:
+        express.deliveries.extend(deliveries)
 
 
-def _end_express(session: Session, committed: bool) -> None:
-    express = session.info.pop(_INFO_EXPRESS, None)
-    if express is None:
+def _take_express(session: Session) -> None:
+    express = session.info.get(_INFO_EXPRESS)
+    if express is not None and express.deliveries:
+        deliveries, express.deliveries = express.deliveries, []
+        express.taker.take(deliveries)
+
+
+def _transaction_end(session: Session, transaction: Any) -> None:
+    # Whatever ended the transaction (a commit, a rollback, a commit that failed, the session closed), its
+    # reserved slots go back; a slot kept by mistake would shrink the dispatcher for good.
+    if transaction.nested or transaction.parent is not None:
         return
-    taker, slots, deliveries = express
-    taker.release(slots)
-    if committed and deliveries:
-        taker.take(deliveries)
+    express = session.info.pop(_INFO_EXPRESS, None)
+    if express is not None:
+        express.taker.release(express.slots)
 
 
 def _fire_wakers(engine: Engine | None) -> None:
@@ -169,7 +186,7 @@ def _after_commit(session: Session) -> None:
     if session.get_nested_transaction() is not None:
         return
     session.info.pop(_INFO_NOTIFIED, None)
-    _end_express(session, committed=True)
+    _take_express(session)
     if session.info.pop(_INFO_WAKE, False):
         _fire_wakers(_root_engine(session))
 
@@ -179,7 +196,6 @@ def _after_rollback(session: Session) -> None:
         return
     session.info.pop(_INFO_NOTIFIED, None)
     session.info.pop(_INFO_WAKE, None)
-    _end_express(session, committed=False)
 
 
 def _hook(sync: Session) -> None:
@@ -187,6 +203,7 @@ def _hook(sync: Session) -> None:
         sync.info[_INFO_HOOKED] = True
         event.listen(sync, "after_commit", _after_commit)
         event.listen(sync, "after_rollback", _after_rollback)
+        event.listen(sync, "after_transaction_end", _transaction_end)
 
 
 async def arrange_wake(session: AsyncSession) -> None:

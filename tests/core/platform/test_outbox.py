@@ -834,7 +834,8 @@ async def test_claim_plan_does_not_grow_with_the_sent_history(db: Database) -> N
     """The per-chat order check must never scan a chat's history, or the table, once per candidate.
 
     SQLite probes ix_outbox_deliveries_chat per candidate. PostgreSQL is held to a hash anti-join over the
-    active rows, with or without statistics; a nested loop there is what made claims take seconds.
+    active rows, with or without statistics (or a merge anti-join over ix_outbox_deliveries_active_chat, which
+    holds only those); a nested loop there is what made claims take seconds.
     """
     now = utcnow()
     rows = [
@@ -855,8 +856,31 @@ async def test_claim_plan_does_not_grow_with_the_sent_history(db: Database) -> N
         assert "SEARCH earlier USING INDEX ix_outbox_deliveries_chat" in plan, plan
         return
     for shown in (before_statistics, plan):
-        assert "Hash Anti Join" in shown and "Nested Loop" not in shown, shown
+        assert ("Hash Anti Join" in shown or "Merge Anti Join" in shown) and "Nested Loop" not in shown, shown
     assert "Seq Scan" not in plan, plan
+
+
+async def test_whether_a_chat_is_busy_is_answered_without_its_sent_history(db: Database) -> None:
+    """chat_busy runs for every inbound SMS and every code: it must read the few active rows, never the thousands
+    a chat has been sent."""
+    user_id = await _new_user(db, ("telegram", "chat-0", False))
+    now = utcnow()
+    rows = [
+        dict(platform="telegram", chat_id="chat-0", kind="sms", payload={"text": "x"}, priority=0, attempts=1,
+             state="sent", next_attempt_at=now, created_at=now)
+        for _ in range(5000)
+    ]
+    async with db.engine.begin() as connection:
+        await connection.execute(insert(OutboxDelivery.__table__), rows)
+        await connection.exec_driver_sql("ANALYZE")
+    busy = select(ChatIdentity.id, outbox.chat_busy()).where(ChatIdentity.user_id == user_id)
+    async with db.read() as session:
+        plan = "\n".join(str(line[-1]) for line in (await session.execute(_Explain(busy))).all())
+        assert (await session.execute(busy)).one().busy is False
+    assert "ix_outbox_deliveries_active_chat" in plan, plan
+    await _enqueue(db, "chat-0", ["waiting"])
+    async with db.read() as session:
+        assert (await session.execute(busy)).one().busy is True
 
 
 # --- Claimed as enqueued (express) -------------------------------------------------------------------------------

@@ -216,13 +216,11 @@ async def enqueue_relays(session: AsyncSession, relays: list[Relay], chats: Chat
             # The same dedupe keys enqueue_for_user gives, so either path makes a retry harmless.
             suffix = platform if platform not in seen else f"{platform}:{chat_id}"
             seen.add(platform)
-            row = {
-                "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": "sms",
-                "payload": payload, "dedupe_key": f"sms:{message_id}:{suffix}", "state": "pending",
-                "priority": RELAY_PRIORITY, "attempts": 0, "next_attempt_at": now,
-                "source_received_at": received_at, "created_at": now, "origin": origin,
-                "claimed_by": None, "claimed_until": None,  # every row of an executemany has the same keys
-            }
+            row = outbox.delivery_row(
+                user_id=user_id, platform=platform, chat_id=chat_id, kind="sms", payload=payload,
+                dedupe_key=f"sms:{message_id}:{suffix}", priority=RELAY_PRIORITY, source_received_at=received_at,
+                now=now, origin=origin,
+            )
             if not busy and (platform, chat_id) not in queued and (claim := outbox.express_claim(session, platform)):
                 row.update(claim.columns())
             queued.add((platform, chat_id))

@@ -190,18 +190,23 @@ class OutboxDispatcher:
 
     def wake(self) -> None:
         """Look for due deliveries now; safe to call from any thread."""
+        if not self._call_in_loop(self._wakeup.set):
+            self._wakeup.set()
+
+    def _call_in_loop(self, callback: Callable[..., None], *args: Any) -> bool:
+        """Run `callback` on our event loop: now when called on it, else soon; False when we have no loop."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            self._wakeup.set()
-            return
+            return False
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            self._wakeup.set()
+            callback(*args)
         else:
-            loop.call_soon_threadsafe(self._wakeup.set)
+            loop.call_soon_threadsafe(callback, *args)
+        return True
 
     # -- deliveries claimed for us as they are enqueued (wake.express_claim) --
 
@@ -218,18 +223,9 @@ class OutboxDispatcher:
         self._reserved = max(0, self._reserved - slots)
 
     def take(self, deliveries: list[OutboxDelivery]) -> None:
-        """Send deliveries claimed for us in a transaction that has just committed, as a claim's would be."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return  # never started here: they are taken over like any dead instance's claims
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._start_sends(deliveries)
-        else:
-            loop.call_soon_threadsafe(self._start_sends, deliveries)
+        """Send deliveries claimed for us in a transaction that has just committed, as a claim's would be. Never
+        started here, they are taken over like any dead instance's claims."""
+        self._call_in_loop(self._start_sends, deliveries)
 
     def _start_sends(self, deliveries: list[OutboxDelivery]) -> None:
         if self._stopping:

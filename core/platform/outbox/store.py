@@ -139,6 +139,19 @@ async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dic
     return added
 
 
+def delivery_row(
+    *, user_id: int, platform: str, chat_id: str, kind: str, payload: dict[str, Any], dedupe_key: str,
+    priority: int, source_received_at: datetime | None, now: datetime, origin: int | None,
+) -> dict[str, Any]:
+    """A pending delivery's columns for enqueue_many; an express claim's columns may be laid over them."""
+    return {
+        "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": kind, "payload": payload,
+        "dedupe_key": dedupe_key, "state": "pending", "priority": priority, "attempts": 0, "next_attempt_at": now,
+        "source_received_at": source_received_at, "created_at": now, "origin": origin,
+        "claimed_by": None, "claimed_until": None,  # every row of an executemany has the same keys
+    }
+
+
 @functools.cache
 def _chats_of_user(express: bool) -> Any:
     return (
@@ -189,12 +202,10 @@ async def enqueue_for_user(
         key = f"{dedupe_key}:{suffix}"
         if len(key) > _DEDUPE_KEY_MAX:
             raise ValueError(f"dedupe_key longer than {_DEDUPE_KEY_MAX} characters")
-        row = {
-            "user_id": user_id, "platform": platform, "chat_id": str(chat_id), "kind": kind, "payload": payload,
-            "dedupe_key": key, "state": "pending", "priority": priority, "attempts": 0, "next_attempt_at": now,
-            "source_received_at": source_received_at, "created_at": now, "origin": origin,
-            "claimed_by": None, "claimed_until": None,  # every row of an executemany has the same keys
-        }
+        row = delivery_row(
+            user_id=user_id, platform=platform, chat_id=chat_id, kind=kind, payload=payload, dedupe_key=key,
+            priority=priority, source_received_at=source_received_at, now=now, origin=origin,
+        )
         if not busy and (claim := express_claim(session, platform)):
             row.update(claim.columns())
         rows.append(row)

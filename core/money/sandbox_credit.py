@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, exists, func, inspect, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import KeyValue, LedgerEntry, PhoneNumber, User, Verification
@@ -68,8 +69,13 @@ async def note_sandbox_run(db: Database) -> None:
     such start counts until the next reset)."""
     async with db.transaction() as session:
         if not await _marker_times(session, SINCE_PREFIX):
-            # Two instances starting at once may both write one; the older counts.
-            session.add(KeyValue(key=f"{SINCE_PREFIX}{utcnow().isoformat()}", value={}, expires_at=None))
+            # Two instances starting at once may both write one; the older counts. Started in the same
+            # microsecond they write the same key, and the second must not fail its start for it.
+            insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+            await session.execute(
+                insert(KeyValue).values(key=f"{SINCE_PREFIX}{utcnow().isoformat()}", value={}, expires_at=None)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
 
 
 async def _window(session: AsyncSession) -> tuple[bool, datetime | None]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import select
 
-from core.models import LedgerEntry, PhoneNumber, User
+from core.models import KeyValue, LedgerEntry, PhoneNumber, User
 from core.money import accounts, ledger, sandbox_credit
+from core.platform.clock import utcnow
 from core.platform.db import Database
 
 
@@ -89,3 +91,26 @@ async def test_a_database_without_tables_holds_no_sandbox_credit(tmp_path: objec
         assert (await sandbox_credit.reset_sandbox_balances(empty)).accounts == 0
     finally:
         await empty.dispose()
+
+
+async def test_two_instances_starting_in_the_same_microsecond_both_start(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both find no marker and write the same key: the second must not fail its start (it did, as a
+    UniqueViolation, in a fault test that starts two instances at once). The race's window is made certain by
+    letting neither see the other's marker, and by one clock reading for both."""
+    at = utcnow()
+    monkeypatch.setattr(sandbox_credit, "utcnow", lambda: at)
+
+    async def none_yet(*_args: object) -> list[object]:
+        return []
+
+    monkeypatch.setattr(sandbox_credit, "_marker_times", none_yet)
+    await sandbox_credit.note_sandbox_run(db)
+    await sandbox_credit.note_sandbox_run(db)
+    monkeypatch.undo()
+    async with db.read() as session:
+        keys = (await session.scalars(
+            select(KeyValue.key).where(KeyValue.key.like(f"{sandbox_credit.SINCE_PREFIX}%"))
+        )).all()
+    assert keys == [f"{sandbox_credit.SINCE_PREFIX}{at.isoformat()}"]

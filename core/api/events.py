@@ -98,10 +98,6 @@ def _after_rollback(session: Session) -> None:
         session.info.pop(_INFO_PENDING, None)
 
 
-def _insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 @functools.cache
 def _live_endpoints() -> Any:
     return select(ApiWebhookEndpoint.id).where(

@@ -114,6 +114,19 @@ def inbound(to: str, from_: str = OUTSIDE, body: str = "hello", sid: str | None 
     )
 
 
+def batch_sizes(service: MessagingService) -> list[int]:
+    """The size of each group commit the service writes from now on (it still writes them)."""
+    sizes: list[int] = []
+    store_batch = service.inbound._store_batch
+
+    async def spy(batch: Any) -> Any:
+        sizes.append(len(batch))
+        return await store_batch(batch)
+
+    service.inbound._store_batch = spy  # type: ignore[method-assign]
+    return sizes
+
+
 @asynccontextmanager
 async def twilio_service(
     db: Database, settings: Settings | None = None, **fake_options: Any
@@ -605,14 +618,7 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
             session.add(endpoint)
             await session.flush()
             endpoint_id = endpoint.id
-        sizes: list[int] = []
-        original = service.inbound._store_batch
-
-        async def spy(batch: Any) -> Any:
-            sizes.append(len(batch))
-            return await original(batch)
-
-        service.inbound._store_batch = spy  # type: ignore[method-assign]
+        sizes = batch_sizes(service)
         sms = [inbound(own.e164, OUTSIDE, f"burst {i}", sid=f"BURST{i}") for i in range(10)]
         sms += [inbound(own.e164, OUTSIDE, "burst 3", sid="BURST3"), inbound(own.e164, OUTSIDE, "burst 4", sid="BURST4")]
         sms += [inbound(own.e164, stopper, "STOP", sid="STOP1")]
@@ -694,14 +700,7 @@ async def test_each_idle_chat_gets_its_first_relay_of_a_burst_at_commit_and_the_
     await dispatcher.start()
     try:
         async with twilio_service(db) as (service, _fake):
-            sizes: list[int] = []
-            store_batch = service.inbound._store_batch
-
-            async def sizes_spy(batch: Any) -> Any:
-                sizes.append(len(batch))
-                return await store_batch(batch)
-
-            service.inbound._store_batch = sizes_spy  # type: ignore[method-assign]
+            sizes = batch_sizes(service)
             sms = [inbound(number.e164, body=f"{number.e164[-3:]} #{i}", sid=f"E{number.e164[-3:]}{i}")
                    for i in range(5) for number in (mine, theirs)]
             outcomes = await asyncio.gather(*(service.submit_inbound(s) for s in sms))

@@ -132,6 +132,9 @@ async def relay_latency(fleet: BenchFleet, ids: Counter_, rate: float, seconds: 
         sent_at[index] = time.monotonic()
         tasks.append(asyncio.ensure_future(fleet.post_sms(index)))
     statuses = await asyncio.gather(*tasks)
+    # Checking for the deliveries parses every Bot API call so far, in this process, whose loop also stamps the
+    # calls' arrival: started with the last SMS in flight, it made the last one look 60-80 ms late.
+    await asyncio.sleep(1.0)
     await fleet.wait_delivered(set(sent_at), within=60)
     arrived = fleet.first_deliveries()
     latencies = [(arrived[i] - at) * 1000 for i, at in sent_at.items() if i in arrived]
@@ -169,8 +172,11 @@ async def _server_side(fleet: BenchFleet, first: int, count: int) -> tuple[list[
     return stored, queued, retried
 
 
-async def code_latency(fleet: BenchFleet, count: int, rate: float) -> dict[str, Any]:
-    """Verifications opened here (as the bot would), then each code's signed webhook → its sendMessage."""
+async def code_latency(fleet: BenchFleet, count: int, rate: float, warm: int) -> dict[str, Any]:
+    """Verifications opened here (as the bot would), then each code's signed webhook → its sendMessage.
+
+    The first `warm` codes warm the path (each pooled connection prepares a statement on its first use, once in
+    a process's life) and are reported apart, as `cold`; the figures are the `count` codes after them."""
     from core.money import accounts
     from core.money.accounts import Contact
     from core.platform.settings import Settings
@@ -191,7 +197,7 @@ async def code_latency(fleet: BenchFleet, count: int, rate: float) -> dict[str, 
     verification = build_verification_service(settings, services.db, services.metrics, services.plan)
     opened = []
     try:
-        for index in range(count):
+        for index in range(warm + count):
             chat = str(900_000 + index)
             async with services.db.transaction() as session:
                 user = (await accounts.get_or_create(session, Contact("telegram", chat, chat_id=chat),
@@ -203,6 +209,7 @@ async def code_latency(fleet: BenchFleet, count: int, rate: float) -> dict[str, 
     await asyncio.sleep(2.0)  # the "number ready" screens go out first (1 per chat per second at Telegram)
     rng = random.Random(7)
     latencies: list[float] = []
+    cold: list[float] = []
 
     async def one(item: Any, n: int, at: float) -> None:
         record, chat = item
@@ -220,7 +227,7 @@ async def code_latency(fleet: BenchFleet, count: int, rate: float) -> dict[str, 
             lambda c: c.method == "sendMessage" and str(c.params.get("chat_id")) == chat
             and code[:3] in str(c.params.get("text", "")) and code[3:] in str(c.params.get("text", "")),
             timeout=30, since=since)
-        latencies.append((call.at - started) * 1000)
+        (cold if n < warm else latencies).append((call.at - started) * 1000)
 
     moment = time.monotonic() + 0.1
     schedule = []
@@ -228,7 +235,28 @@ async def code_latency(fleet: BenchFleet, count: int, rate: float) -> dict[str, 
         moment += 1.0 / rate
         schedule.append(moment)
     await asyncio.gather(*(one(item, n, at) for n, (item, at) in enumerate(zip(opened, schedule, strict=True))))
-    return {"rate": rate, **_ms(latencies)}
+    stored, queued = await _code_rows(fleet, [record.id for record, _ in opened[warm:]])
+    return {"rate": rate, **_ms(latencies), "stored_ms": _ms(stored), "commit_to_sent_ms": _ms(queued),
+            "cold": _ms(cold)}
+
+
+async def _code_rows(fleet: BenchFleet, verification_ids: list[int]) -> tuple[list[float], list[float]]:
+    """From the code messages' rows: webhook received → committed, and committed → Bot API answered."""
+    from sqlalchemy import text
+
+    from core.platform.db import Database
+
+    db = Database(fleet.database_url)
+    try:
+        async with db.read() as session:
+            rows = (await session.execute(text(
+                "SELECT source_received_at, created_at, sent_at FROM outbox_deliveries "
+                "WHERE kind = 'code' AND dedupe_key LIKE ANY(:keys)"),
+                {"keys": [f"vf:{v}:sms:%" for v in verification_ids]})).all()
+    finally:
+        await db.dispose()
+    return ([(c - r).total_seconds() * 1000 for r, c, _ in rows if r and c],
+            [(s - c).total_seconds() * 1000 for _, c, s in rows if c and s])
 
 
 async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, processes: int) -> dict[str, Any]:
@@ -253,7 +281,7 @@ async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, proces
                 result["relay"] = await relay_latency(fleet, ids, args.rate, args.seconds)
                 await fleet.drained(60)
             if "codes" not in skip and processes == 1:
-                result["codes"] = await code_latency(fleet, args.codes, args.code_rate)
+                result["codes"] = await code_latency(fleet, args.codes, args.code_rate, args.warm_codes)
             if "ingest" not in skip:
                 runs = []
                 async with BareServer() as bare:
@@ -298,7 +326,8 @@ def report(results: dict[int, dict[str, Any]], command: str) -> str:
     if one and "codes" in one:
         c = one["codes"]
         row(f"verification code webhook → chat, {c['rate']:g}/s", f"p99 ≤ {TARGETS['code_p99_ms']:g} ms",
-            f"p50 {c['p50']} ms, p99 {c['p99']} ms ({c['n']} codes)", c["p99"] <= TARGETS["code_p99_ms"])
+            f"p50 {c['p50']} ms, p99 {c['p99']} ms ({c['n']} codes, after {c['cold']['n']} that warmed the path: "
+            f"p50 {c['cold']['p50']} ms, max {c['cold']['max']} ms)", c["p99"] <= TARGETS["code_p99_ms"])
     if one:
         worst = max(one["rss_idle_start_mb"] + one["rss_idle_after_mb"])
         row("idle RSS of `cumapp run`", f"≤ {TARGETS['rss_mb']:g} MB",
@@ -358,6 +387,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the relay latency run (20 s)")
     parser.add_argument("--codes", type=int, default=100, help="verification codes (100)")
     parser.add_argument("--code-rate", type=float, default=5.0, help="codes per second (5)")
+    parser.add_argument("--warm-codes", type=int, default=25, help="codes first sent to warm the path, apart (25)")
     parser.add_argument("--chats", type=int, default=100, help="users, one number and chat each (100)")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds idle before each RSS reading (3)")
     parser.add_argument("--env", action="append", default=[], help="NAME=value for the cumapp processes")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,16 +39,43 @@ class BalanceView:
         return self.balance_cents - self.held_cents
 
 
-def _insert(session: AsyncSession) -> Any:
-    """`INSERT … ON CONFLICT DO NOTHING` in the session's dialect; the unique key makes retries harmless."""
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+# The statements every balance change runs, built once with bound parameters: building them per call cost more
+# CPU than the round trips they make (a verification code's capture is on the code → chat path).
+_USER_FOR_UPDATE = (
+    select(User).where(User.id == bindparam("b_user", type_=Integer)).with_for_update()
+    .execution_options(populate_existing=True)
+)
+_ENTRY_COLUMNS = ("user_id", "kind", "amount_cents", "held_delta_cents", "idempotency_key", "hold_id", "reference",
+                  "note", "created_by_user_id", "created_at")
+_MOVE_SUMS = (
+    update(User.__table__)
+    .where(User.__table__.c.id == bindparam("b_user", type_=Integer))
+    .values(balance_cents=User.__table__.c.balance_cents + bindparam("b_amount", type_=Integer),
+            held_cents=User.__table__.c.held_cents + bindparam("b_held", type_=Integer))
+)
+_SETTLE = (
+    update(Hold.__table__)
+    .where(Hold.__table__.c.id == bindparam("b_hold", type_=Integer), Hold.__table__.c.state == bindparam("b_from"))
+    .values(state=bindparam("b_to"), settled_at=bindparam("b_at", type_=Hold.__table__.c.settled_at.type))
+    .returning(Hold.__table__.c.id, Hold.__table__.c.user_id, Hold.__table__.c.amount_cents, Hold.__table__.c.reference)
+)
+
+
+@functools.cache
+def _entry_insert(dialect: str) -> Any:
+    """`INSERT … ON CONFLICT DO NOTHING` of one entry in `dialect`; the unique key makes retries harmless."""
+    table = LedgerEntry.__table__
+    return (
+        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        .values({name: bindparam(f"b_{name}", type_=table.c[name].type) for name in _ENTRY_COLUMNS})
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(table.c.id)
+    )
 
 
 async def _lock_user(session: AsyncSession, user_id: int) -> User:
     # FOR UPDATE serialises every balance change of one account on PostgreSQL; SQLite has one writer anyway.
-    user = await session.scalar(
-        select(User).where(User.id == user_id).with_for_update().execution_options(populate_existing=True)
-    )
+    user = await session.scalar(_USER_FOR_UPDATE, {"b_user": user_id})
     if user is None:
         raise UnknownAccount(f"no account {user_id}")
     return user
@@ -67,25 +95,14 @@ async def _write_entry(
     actor_user_id: int | None = None,
 ) -> int | None:
     """Insert one entry and move the cached sums with it; None when the key was already used."""
-    statement = (
-        _insert(session)(LedgerEntry)
-        .values(
-            user_id=user_id, kind=kind, amount_cents=amount_cents, held_delta_cents=held_delta_cents,
-            idempotency_key=idempotency_key, hold_id=hold_id, reference=reference, note=note,
-            created_by_user_id=actor_user_id, created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(LedgerEntry.id)
-    )
-    entry_id = await session.scalar(statement)
+    entry_id = await session.scalar(_entry_insert(session.bind.dialect.name), {
+        "b_user_id": user_id, "b_kind": kind, "b_amount_cents": amount_cents, "b_held_delta_cents": held_delta_cents,
+        "b_idempotency_key": idempotency_key, "b_hold_id": hold_id, "b_reference": reference, "b_note": note,
+        "b_created_by_user_id": actor_user_id, "b_created_at": utcnow(),
+    })
     if entry_id is None:
         return None
-    await session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(balance_cents=User.balance_cents + amount_cents, held_cents=User.held_cents + held_delta_cents)
-        .execution_options(synchronize_session=False)
-    )
+    await session.execute(_MOVE_SUMS, {"b_user": user_id, "b_amount": amount_cents, "b_held": held_delta_cents})
     return entry_id
 
 
@@ -148,13 +165,7 @@ async def place_hold(
 async def _settle(session: AsyncSession, hold_id: int, *, from_state: str, to_state: str) -> Hold | None:
     """Move a hold between states exactly once: the conditional UPDATE lets only one caller through."""
     row = (
-        await session.execute(
-            update(Hold)
-            .where(Hold.id == hold_id, Hold.state == from_state)
-            .values(state=to_state, settled_at=utcnow())
-            .returning(Hold.id, Hold.user_id, Hold.amount_cents, Hold.reference)
-            .execution_options(synchronize_session=False)
-        )
+        await session.execute(_SETTLE, {"b_hold": hold_id, "b_from": from_state, "b_to": to_state, "b_at": utcnow()})
     ).first()
     if row is None:
         return None

@@ -5,11 +5,13 @@ A webhook and the poller may carry the same SMS; whichever comes second finds it
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, literal, select, update
+from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import User, Verification, VerificationSms
@@ -24,13 +26,39 @@ from core.verification.codes import extract_code
 from core.verification.gateway import ProviderGateway
 from core.verification.records import (
     VerificationRecords,
-    dialect_insert,
     enqueue_status,
     record_event,
     transition,
 )
 
 CODE_PRIORITY = 10
+
+
+_LOCK_VERIFICATION = (
+    select(Verification, User.locale)
+    .join(User, User.id == Verification.user_id)
+    .where(Verification.provider == bindparam("b_provider"), Verification.provider_verification_id == bindparam("b_id"))
+    .with_for_update(of=Verification)
+    .execution_options(populate_existing=True)
+)
+_SMS_COLUMNS = ("verification_id", "provider_sms_id", "text", "text_hash", "code", "received_at")
+
+
+@functools.cache
+def _sms_insert(dialect: str) -> Any:
+    """An SMS stored unless seen already, in one round trip, built once: the same id is the conflict, the same
+    text the NOT EXISTS (the verification's row lock keeps a webhook and a poll from both passing it)."""
+    table = VerificationSms.__table__
+    row = select(*(bindparam(f"b_{name}", type_=table.c[name].type) for name in _SMS_COLUMNS)).where(~exists().where(
+        table.c.verification_id == bindparam("b_verification_id"),
+        table.c.text_hash.in_(bindparam("b_hashes", expanding=True)),
+    ))
+    return (
+        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        .from_select(list(_SMS_COLUMNS), row)
+        .on_conflict_do_nothing(index_elements=["verification_id", "provider_sms_id"])
+        .returning(table.c.id)
+    )
 
 
 class EventOutcome(StrEnum):
@@ -56,16 +84,7 @@ class SmsRelay:
         async with self.db.transaction() as session:
             # The row lock makes a webhook and a poll carrying the same SMS take turns, so the second sees the first.
             found = (
-                await session.execute(
-                    select(Verification, User.locale)
-                    .join(User, User.id == Verification.user_id)
-                    .where(
-                        Verification.provider == self.gateway.name,
-                        Verification.provider_verification_id == provider_verification_id,
-                    )
-                    .with_for_update(of=Verification)
-                    .execution_options(populate_existing=True)
-                )
+                await session.execute(_LOCK_VERIFICATION, {"b_provider": self.gateway.name, "b_id": provider_verification_id})
             ).first()
             if found is None:
                 return EventOutcome.UNKNOWN
@@ -86,23 +105,11 @@ class SmsRelay:
                 return EventOutcome.DUPLICATE if seen else EventOutcome.IGNORED
             code = extract_code(sms.text, verification.service, sms.parsed_code)
             now = utcnow()
-            # Stored unless seen already, in one round trip: the same id is the conflict, the same text the NOT
-            # EXISTS (the verification's row lock keeps a webhook and a poll from both passing it).
-            table = VerificationSms.__table__
-            row = select(
-                literal(verification.id, table.c.verification_id.type), literal(sms.id[:128], table.c.provider_sms_id.type),
-                literal(sms.text, table.c.text.type), literal(keyring.fingerprint(dedupe_text), table.c.text_hash.type),
-                literal(code, table.c.code.type), literal(sms.received_at or now, table.c.received_at.type),
-            ).where(~exists().where(
-                table.c.verification_id == verification.id,
-                table.c.text_hash.in_(keyring.fingerprints(dedupe_text)),
-            ))
-            sms_id = await session.scalar(
-                dialect_insert(session)(table)
-                .from_select(["verification_id", "provider_sms_id", "text", "text_hash", "code", "received_at"], row)
-                .on_conflict_do_nothing(index_elements=["verification_id", "provider_sms_id"])
-                .returning(table.c.id)
-            )
+            sms_id = await session.scalar(_sms_insert(session.bind.dialect.name), {
+                "b_verification_id": verification.id, "b_provider_sms_id": sms.id[:128], "b_text": sms.text,
+                "b_text_hash": keyring.fingerprint(dedupe_text), "b_code": code,
+                "b_received_at": sms.received_at or now, "b_hashes": keyring.fingerprints(dedupe_text),
+            })
             if sms_id is None:
                 return EventOutcome.DUPLICATE
             # code_delivered_at is left for the outbox to stamp when the code message is sent (latency stats).

@@ -172,8 +172,8 @@ class VerificationService:
     async def on_provider_event(self, event: ProviderEvent) -> None:
         await self._events.on_provider_event(event)
 
-    async def poll_open(self) -> int:
-        return await self._sync.poll_open()
+    async def poll_open(self, *, spread: float = 0.0) -> int:
+        return await self._sync.poll_open(spread=spread)
 
     async def sweep_expired(self) -> int:
         return await self._sync.sweep_expired()

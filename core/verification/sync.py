@@ -75,8 +75,12 @@ class ProviderSync:
         except Exception:
             log.exception("polling verification %s failed", verification.id)
 
-    async def poll_open(self) -> int:
-        """Ask the provider about every verification still waiting for its SMS; returns how many were checked."""
+    async def poll_open(self, *, spread: float = 0.0) -> int:
+        """Ask the provider about every verification still waiting for its SMS; returns how many were checked.
+
+        With `spread` the calls start evenly over that many seconds instead of all at once: each verification is
+        still asked once a cycle, but the provider sees a steady rate and a code arriving by webhook meanwhile
+        no longer queues on the event loop behind a hundred responses being parsed."""
         async with self.db.read() as session:
             rows = list(
                 (
@@ -92,12 +96,16 @@ class ProviderSync:
         if not rows:
             return 0
         semaphore = asyncio.Semaphore(self.poll_concurrency)
+        loop = asyncio.get_running_loop()
+        start, gap = loop.time(), spread / len(rows)
 
-        async def one(verification: Verification) -> None:
+        async def one(index: int, verification: Verification) -> None:
+            if gap:
+                await asyncio.sleep(start + index * gap - loop.time())
             async with semaphore:
                 await self.refresh_quietly(verification)
 
-        await asyncio.gather(*(one(verification) for verification in rows))
+        await asyncio.gather(*(one(index, verification) for index, verification in enumerate(rows)))
         return len(rows)
 
     async def sweep_expired(self) -> int:
@@ -148,11 +156,14 @@ class ProviderSync:
     def start_jobs(self, scheduler: Any) -> None:
         """Register polling (VERIFICATION_POLL_SECONDS) and the sweeper with the database-leased scheduler."""
 
+        interval = float(self.settings.verification_poll_seconds)
+
         async def poll() -> None:
-            await self.poll_open()
+            # Spread over half the interval, so a cycle ends well before the next one is due.
+            await self.poll_open(spread=interval / 2)
 
         async def sweep() -> None:
             await self.sweep_expired()
 
-        scheduler.add_periodic("verification-poll", poll, float(self.settings.verification_poll_seconds))
+        scheduler.add_periodic("verification-poll", poll, interval)
         scheduler.add_periodic("verification-sweep", sweep, 30.0)

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +36,7 @@ class RecordedRequest:
     query: dict[str, str]
     headers: CIMultiDict[str]
     json: Any
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -113,13 +113,14 @@ async def test_the_menu_and_a_numbers_screen_lead_to_every_flow(db: Database) ->
             assert "📌 Continue on WhatsApp" in buttons(tpl) and "📌 Appointment reminder" in buttons(tpl)
 
         async def link_analyze_and_suggest(menu: JSONDict) -> None:
-            link = await h.tap(cai, menu, buttons(menu)["🔗 Link accounts"])
+            # The sandbox may answer Cai's SMS at any moment: each screen is known by its text, not by coming next.
+            link = await _tap(h, cai, menu, buttons(menu)["🔗 Link accounts"], "To join this account")
             assert (buttons(link).get("📋 Copy code") or "").startswith("/link ")
             asked = await h.tap(cai, menu, buttons(menu)["🔍 Analyze a text"])
             assert asked["text"]
             analysis = await _say(h, cai, "URGENT: your bank account is locked, verify at http://bit.ly/x1", "Answer")
             assert "Answer from" in analysis["text"]
-            drafts = await h.tap(cai, menu, buttons(menu)["💡 Suggest reply"])
+            drafts = await _tap(h, cai, menu, buttons(menu)["💡 Suggest reply"], "Reply drafts")
             assert "Reply drafts for +1 415-555-0125" in drafts["text"]
 
         # Two people at once: each chat is paced on its own (about one message a second), so this takes half as long.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -311,6 +312,27 @@ async def test_provider_time_out_found_by_polling_releases_at_once(db: Database,
         fake.set_state(v.provider_verification_id or "", "verificationCanceled")
         await harness.main.poll_open()  # nothing open any more
         assert await entries(db, "release") == 1
+    finally:
+        await harness.close()
+
+
+async def test_polling_spreads_its_calls_over_the_time_given(db: Database, fake: FakeTextVerifiedServer) -> None:
+    """The scheduled poll asks about each open verification once, at an even pace rather than all at once, so a
+    code's webhook does not queue behind a burst of responses (bench/process_hot_paths.py, code → chat p99)."""
+    harness = Harness(db, "textverified", settings_for(db, fake), fake)
+    try:
+        opened = []
+        for n in range(5):
+            user = await harness.user(Contact("telegram", str(3000 + n), chat_id=str(3000 + n)))
+            opened.append(await harness.start(user))
+        since = len(fake.requests)
+        started = time.monotonic()
+        assert await harness.main.poll_open(spread=1.0) == 5
+        asked = [r for r in fake.requests[since:] if r.method == "GET" and "/verifications/" in r.path]
+        assert sorted(r.path.rsplit("/", 1)[-1] for r in asked) == sorted(v.provider_verification_id for v in opened)
+        offsets = [r.at - started for r in asked]
+        assert offsets[0] < 0.15 and offsets[-1] >= 0.75  # one every 0.2 s: 0, 0.2, ... 0.8
+        assert all(b - a >= 0.1 for a, b in itertools.pairwise(offsets))
     finally:
         await harness.close()
 

@@ -26,11 +26,6 @@ from core.verification.errors import NotYours, UnknownVerification
 STATUS_PRIORITY = 5
 
 
-def dialect_insert(session: AsyncSession) -> Any:
-    """`INSERT … ON CONFLICT DO NOTHING` in the session's dialect."""
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 @functools.cache
 def _transition_statement(columns: tuple[str, ...]) -> Any:
     """`transition`'s UPDATE for one set of changed columns, built once: a code's path runs it on every SMS."""
@@ -75,6 +70,7 @@ async def enqueue_status(session: AsyncSession, verification: Verification, loca
 
 @functools.cache
 def _event_insert(dialect: str) -> Any:
+    """`record_event`'s `INSERT … ON CONFLICT DO NOTHING` in `dialect`, built once (every webhook runs it)."""
     table = WebhookEvent.__table__
     return (
         (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)

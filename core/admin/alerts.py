@@ -16,15 +16,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import AlertState, ChatIdentity, User
 from core.platform import outbox
 from core.platform.clock import utcnow
+from core.platform.db import dialect_insert
 from core.platform.i18n import Html, escape
 from core.platform.phone import mask_numbers
 from core.platform.settings import Settings
@@ -64,14 +63,10 @@ async def admin_identities(session: AsyncSession, settings: Settings) -> list[Ch
     )
 
 
-def _insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 async def _locked_state(session: AsyncSession, kind: str, key: str) -> AlertState:
     """The (kind, key) row, created if missing, locked until the caller's transaction ends."""
     await session.execute(
-        _insert(session)(AlertState)
+        dialect_insert(session.bind.dialect.name)(AlertState)
         .values(kind=kind, key=key, last_sent_at=_NEVER, suppressed=0)
         .on_conflict_do_nothing(index_elements=["kind", "key"])
     )

@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import and_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.ai import conversations
@@ -26,7 +25,7 @@ from core.ai.fallback import FallbackEngine
 from core.ai.notes import engine_label, relay_note
 from core.models import AiUsage, User
 from core.platform.clock import utc_today
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 from core.platform.metrics import Metrics
 from core.platform.settings import Settings
 from core.providers import ai_prompts
@@ -314,7 +313,7 @@ class AiService:
         """Add `tokens` to the user's total for today, atomically (concurrent answers all count)."""
         try:
             async with self._db.transaction() as session:
-                insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+                insert = dialect_insert(session.bind.dialect.name)
                 statement = insert(AiUsage).values(user_id=user_id, day=utc_today(), tokens=tokens, requests=1)
                 table = AiUsage.__table__.c
                 await session.execute(

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Integer, String, bindparam, delete, event, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -24,7 +23,7 @@ from core.models import ApiEvent, ApiIdempotency, ApiWebhookEndpoint
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.crypto import keyring_of
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def _record_statement(dialect: str, dedupe: bool) -> Any:
     NOTIFY that other instances' WebSockets hear (sent by PostgreSQL only if we commit) and the account's webhook
     endpoints."""
     table = ApiEvent.__table__
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(
+    statement = dialect_insert(dialect)(table).values(
         user_id=bindparam("b_user", type_=Integer), type=bindparam("b_type", type_=table.c.type.type),
         data=bindparam("b_data", type_=table.c.data.type), dedupe_key=bindparam("b_key", type_=table.c.dedupe_key.type),
         created_at=bindparam("b_at", type_=table.c.created_at.type),
@@ -171,7 +170,7 @@ _ENDPOINTS_OF = (
 def _record_many_insert(dialect: str) -> Any:
     table = ApiEvent.__table__
     return (
-        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        dialect_insert(dialect)(table)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(table.c.id, table.c.user_id, table.c.dedupe_key)
     )

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from core.models import ApiIdempotency
 from core.platform.clock import utcnow
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 
 KEY_MAX = 128
 # A retry that finds the first request still being answered waits this long for its answer.
@@ -72,7 +71,7 @@ class IdempotencyStore:
 
     async def _insert(self, user_id: int, key: str, digest: str) -> int | None:
         async with self.db.transaction() as session:
-            insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+            insert = dialect_insert(session.bind.dialect.name)
             try:
                 return await session.scalar(
                     insert(ApiIdempotency)

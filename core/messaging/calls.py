@@ -15,10 +15,10 @@ from core.messaging.errors import MessagingError, phone_reason
 from core.messaging.gateway import SmsGateway
 from core.messaging.numbers import owned_active_number
 from core.messaging.relay import RELAY_PRIORITY, display_number
-from core.messaging.storage import conversation_between, insert_for
+from core.messaging.storage import conversation_between
 from core.models import CALL_MODES, Call, Conversation, OutboxDelivery, PhoneNumber, User
 from core.platform import outbox
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 from core.platform.i18n import Html, escape, t
 from core.platform.phone import InvalidPhoneNumber, mask_number, normalize
 from core.platform.settings import Settings
@@ -107,7 +107,7 @@ class CallDesk:
                 return CallAnswer(reject_twiml(), "blocked")
             forwarded_to = number.call_forward_to if mode == "forward" else None
             inserted = await session.scalar(
-                insert_for(session)(Call)
+                dialect_insert(session.bind.dialect.name)(Call)
                 .values(provider="twilio", call_sid=call.call_sid, user_id=number.user_id, phone_number_id=number.id,
                         from_e164=call.from_e164, mode=mode, forwarded_to=forwarded_to, received_at=received_at)
                 .on_conflict_do_nothing(index_elements=["call_sid"])

@@ -8,18 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, or_, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Conversation, KeyValue
 from core.platform.clock import utcnow
+from core.platform.db import dialect_insert
 
 # Key prefixes of notes that simply expire; "smsparts" notes are swept by the inbound side instead.
 EXPIRING_PREFIXES = ("numoffer", "numquote", "smsref", "smsstatus")
-
-
-def insert_for(session: AsyncSession) -> Any:
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
 
 
 def short_key(prefix: str, *parts: str) -> str:
@@ -36,7 +32,7 @@ async def serialise(session: AsyncSession, key: str) -> None:
 
 
 async def kv_put(session: AsyncSession, key: str, value: dict[str, Any], expires_at: datetime | None) -> None:
-    statement = insert_for(session)(KeyValue).values(key=key, value=value, expires_at=expires_at)
+    statement = dialect_insert(session.bind.dialect.name)(KeyValue).values(key=key, value=value, expires_at=expires_at)
     await session.execute(
         statement.on_conflict_do_update(index_elements=["key"], set_={"value": value, "expires_at": expires_at})
     )
@@ -70,7 +66,7 @@ async def conversation_between(
     if conversation is None:
         now = utcnow()
         await session.execute(
-            insert_for(session)(Conversation)
+            dialect_insert(session.bind.dialect.name)(Conversation)
             .values(user_id=user_id, phone_number_id=number_id, remote_e164=remote_e164, unread_count=0,
                     opted_out=False, blocked=False, last_message_at=now, created_at=now)
             .on_conflict_do_nothing(index_elements=["phone_number_id", "remote_e164"])

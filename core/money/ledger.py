@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Hold, LedgerEntry, User
 from core.platform.clock import utcnow
+from core.platform.db import dialect_insert
 
 
 class LedgerError(Exception):
@@ -66,7 +66,7 @@ def _entry_insert(dialect: str) -> Any:
     """`INSERT … ON CONFLICT DO NOTHING` of one entry in `dialect`; the unique key makes retries harmless."""
     table = LedgerEntry.__table__
     return (
-        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        dialect_insert(dialect)(table)
         .values({name: bindparam(f"b_{name}", type_=table.c[name].type) for name in _ENTRY_COLUMNS})
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(table.c.id)

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, exists, func, inspect, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import KeyValue, LedgerEntry, PhoneNumber, User, Verification
 from core.money import ledger
 from core.platform.clock import utcnow
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 
 # Markers are key_values rows whose key carries the time ("sandbox:since:<ISO time>"), so that reading them never
 # decrypts a value: the sandbox and the live bot may hold different data keys.
@@ -71,7 +70,7 @@ async def note_sandbox_run(db: Database) -> None:
         if not await _marker_times(session, SINCE_PREFIX):
             # Two instances starting at once may both write one; the older counts. Started in the same
             # microsecond they write the same key, and the second must not fail its start for it.
-            insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+            insert = dialect_insert(session.bind.dialect.name)
             await session.execute(
                 insert(KeyValue).values(key=f"{SINCE_PREFIX}{utcnow().isoformat()}", value={}, expires_at=None)
                 .on_conflict_do_nothing(index_elements=["key"])

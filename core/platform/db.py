@@ -9,10 +9,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, make_url, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from core.platform.crypto import Keyring, bind_keyring
+
+
+def dialect_insert(dialect: str) -> Any:
+    """The `insert` of `dialect` ("postgresql" or "sqlite"): both have `on_conflict_do_nothing`, which the exactly-once
+    writes (ledger entries, webhook events, outbox keys) rely on."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -7,11 +7,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 
 from core.models import ChatUpdate
 from core.platform.clock import utcnow
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ async def claim(db: Database, platform: str, update_id: str | int) -> bool:
     The claim commits on its own before the update runs: a crash between the two loses that update (the user sends
     it again) instead of charging twice, which a redelivery after a timeout would otherwise do."""
     async with db.transaction() as session:
-        insert: Any = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+        insert: Any = dialect_insert(session.bind.dialect.name)
         claimed = await session.scalar(
             insert(ChatUpdate)
             .values(platform=platform, update_id=str(update_id)[:64], seen_at=utcnow())

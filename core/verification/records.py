@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.api import events as api_events
@@ -19,7 +18,7 @@ from core.models import User, Verification, WebhookEvent
 from core.money import ledger
 from core.platform import outbox
 from core.platform.clock import utcnow
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 from core.verification.cards import status_message
 from core.verification.errors import NotYours, UnknownVerification
 
@@ -73,7 +72,7 @@ def _event_insert(dialect: str) -> Any:
     """`record_event`'s `INSERT … ON CONFLICT DO NOTHING` in `dialect`, built once (every webhook runs it)."""
     table = WebhookEvent.__table__
     return (
-        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        dialect_insert(dialect)(table)
         .values(provider=bindparam("b_provider", type_=table.c.provider.type),
                 event_key=bindparam("b_key", type_=table.c.event_key.type),
                 received_at=bindparam("b_at", type_=table.c.received_at.type))

@@ -11,7 +11,6 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, exists, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import User, Verification, VerificationSms
@@ -19,7 +18,7 @@ from core.money import ledger
 from core.platform import outbox
 from core.platform.clock import utcnow
 from core.platform.crypto import PLAIN_TEXT
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 from core.providers.verification import ProviderSms
 from core.verification.cards import code_message
 from core.verification.codes import extract_code
@@ -54,7 +53,7 @@ def _sms_insert(dialect: str) -> Any:
         table.c.text_hash.in_(bindparam("b_hashes", expanding=True)),
     ))
     return (
-        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        dialect_insert(dialect)(table)
         .from_select(list(_SMS_COLUMNS), row)
         .on_conflict_do_nothing(index_elements=["verification_id", "provider_sms_id"])
         .returning(table.c.id)

@@ -31,10 +31,10 @@ from core.messaging.inbound.store import (
 )
 from core.messaging.relay import relay_message
 from core.messaging.results import InboundOutcome
-from core.messaging.storage import insert_for
 from core.models import ChatIdentity, Conversation, PhoneNumber, User
 from core.platform import outbox
 from core.platform.clock import utcnow
+from core.platform.db import dialect_insert
 from core.platform.settings import Settings
 from core.providers.sms import InboundSms
 
@@ -126,7 +126,7 @@ async def _store_owned(
         now = utcnow()
         user_of = {owners[batch[i].sms.to_e164].id: owners[batch[i].sms.to_e164].user_id for i in owned}
         await session.execute(
-            insert_for(session)(Conversation)
+            dialect_insert(session.bind.dialect.name)(Conversation)
             .values([
                 {"user_id": user_of[number_id], "phone_number_id": number_id, "remote_e164": remote,
                  "unread_count": 0, "opted_out": False, "blocked": False, "last_message_at": now,

@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
 
 from core.messaging.inbound.store import Notes, store_inbound
-from core.messaging.storage import insert_for, short_key
+from core.messaging.storage import short_key
 from core.models import KeyValue, WebhookEvent
 from core.platform.clock import utcnow
+from core.platform.db import dialect_insert
 from core.platform.settings import Settings
 from core.providers.sms import InboundSms
 
@@ -30,7 +31,7 @@ async def collect_part(session: AsyncSession, sms: InboundSms) -> InboundSms | N
     assert sms.part is not None
     ref, total, index = sms.part
     seen = await session.scalar(
-        insert_for(session)(WebhookEvent)
+        dialect_insert(session.bind.dialect.name)(WebhookEvent)
         .values(provider=sms.provider, event_key=f"part:{sms.provider_message_id}"[:160], received_at=utcnow())
         .on_conflict_do_nothing(index_elements=["provider", "event_key"])
         .returning(WebhookEvent.id)
@@ -41,7 +42,7 @@ async def collect_part(session: AsyncSession, sms: InboundSms) -> InboundSms | N
     first = {"parts": {}, "total": total, "provider": sms.provider, "from": sms.from_e164, "to": sms.to_e164,
              "first_at": utcnow().isoformat()}
     await session.execute(
-        insert_for(session)(KeyValue).values(key=key, value=first, expires_at=utcnow() + PARTS_TTL)
+        dialect_insert(session.bind.dialect.name)(KeyValue).values(key=key, value=first, expires_at=utcnow() + PARTS_TTL)
         .on_conflict_do_nothing(index_elements=["key"])
     )
     row = await session.scalar(

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Integer, String, and_, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.admin.alerts import alert_admins
@@ -21,6 +20,7 @@ from core.messaging.storage import conversation_between
 from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
 from core.platform import outbox
 from core.platform.clock import utcnow
+from core.platform.db import dialect_insert
 from core.platform.i18n import escape
 from core.platform.phone import mask_number
 from core.platform.settings import Settings
@@ -70,7 +70,7 @@ def inbound_row(
 def message_insert(dialect: str) -> Any:
     """INSERT … ON CONFLICT DO NOTHING RETURNING id of `inbound_row`s, one or many (executemany)."""
     table = Message.__table__
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = dialect_insert(dialect)
     return (
         insert(table).on_conflict_do_nothing(index_elements=["provider", "provider_message_id"])
         .returning(table.c.id, table.c.provider, table.c.provider_message_id)

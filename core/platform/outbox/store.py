@@ -23,13 +23,12 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from core.models import ChatIdentity, OutboxDelivery
 from core.platform.clock import utcnow
-from core.platform.db import Database
+from core.platform.db import Database, dialect_insert
 from core.platform.outbox.liveness import InstanceLiveness
 from core.platform.outbox.messages import OutgoingMessage
 from core.platform.outbox.wake import (
@@ -56,11 +55,6 @@ STEAL_AFTER = 1.0
 
 
 # --- Enqueueing -------------------------------------------------------------------------------------------------
-
-
-def _insert(session: AsyncSession) -> Any:
-    """`INSERT … ON CONFLICT DO NOTHING` in the session's dialect; the dedupe key makes repeats harmless."""
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
 
 
 async def enqueue(
@@ -92,7 +86,7 @@ async def enqueue(
     if claim is not None:
         columns.update(claim.columns())
     statement = (
-        _insert(session)(OutboxDelivery)
+        dialect_insert(session.bind.dialect.name)(OutboxDelivery)
         .values(**columns)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(OutboxDelivery)
@@ -110,7 +104,7 @@ async def enqueue(
 def _insert_many(dialect: str) -> Any:
     # Built once: enqueue_many runs for every inbound SMS or batch of them.
     table = OutboxDelivery.__table__
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = dialect_insert(dialect)
     return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id, table.c.dedupe_key)
 
 

@@ -208,8 +208,8 @@ async def _truncate_all(db: Database) -> None:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty schema: a new SQLite file, or the run's PostgreSQL database emptied."""
     if request.param == "sqlite":
-        if request.node.get_closest_marker("postgres_only"):
-            pytest.skip("needs PostgreSQL row locks; SQLite serialises writers instead")
+        if marker := request.node.get_closest_marker("postgres_only"):
+            pytest.skip(marker.args[0] if marker.args else "needs PostgreSQL row locks; SQLite serialises writers instead")
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("pg_url")
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, String, bindparam, delete, event, func, select, text
+from sqlalchemy import Engine, Integer, String, bindparam, delete, event, func, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from core.models import ApiEvent, ApiIdempotency, ApiWebhookEndpoint
-from core.platform import outbox
+from core.platform import bulk, outbox
 from core.platform.clock import utcnow
 from core.platform.crypto import keyring_of
 from core.platform.db import Database, dialect_insert
@@ -158,7 +159,6 @@ async def record(
     return recorded
 
 
-_NOTIFY_MANY = text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload")
 _ENDPOINTS_OF = (
     select(ApiWebhookEndpoint.id, ApiWebhookEndpoint.user_id)
     .where(ApiWebhookEndpoint.user_id.in_(bindparam("b_users", expanding=True)), ApiWebhookEndpoint.deleted_at.is_(None))
@@ -176,11 +176,44 @@ def _record_many_insert(dialect: str) -> Any:
     )
 
 
+_RECORD_MANY_COLUMNS = ("user_id", "type", "data", "dedupe_key", "created_at")
+
+
+def _record_many_unnest(dialect: Dialect) -> bulk.UnnestInsert:
+    """record_many's one statement on PostgreSQL: the rows, a NOTIFY each, the endpoints of each row's account."""
+    return bulk.unnest_insert(
+        ApiEvent.__table__, _RECORD_MANY_COLUMNS, ("dedupe_key",), ("id", "user_id", "dedupe_key"), dialect,
+        suffix=(
+            "SELECT a.id, a.user_id, a.dedupe_key, ARRAY(SELECT e.id FROM api_webhook_endpoints e "
+            "WHERE e.user_id = a.user_id AND e.deleted_at IS NULL ORDER BY e.id), "
+            f"pg_notify(${len(_RECORD_MANY_COLUMNS) + 1}, a.user_id || ':' || a.id) FROM added a"
+        ),
+    )
+
+
+async def _record_many_sqlite(
+    session: AsyncSession, rows: list[dict[str, Any]], endpoints: dict[int, list[int]]
+) -> dict[str, int]:
+    """record_many's statements on SQLite: the ids written by dedupe key; the endpoints of their accounts added
+    to `endpoints`."""
+    connection = await session.connection()
+    # An executemany that SQLAlchemy sends as one multi-row INSERT whatever the batch's size (insertmanyvalues),
+    # from one cached statement: a .values([...]) of N rows would be compiled anew for every N.
+    added = (await connection.execute(_record_many_insert(session.bind.dialect.name), rows)).all()
+    if added:
+        for endpoint_id, user_id in (
+            await connection.execute(_ENDPOINTS_OF, {"b_users": sorted({row.user_id for row in added})})
+        ).all():
+            endpoints.setdefault(user_id, []).append(endpoint_id)
+    return {row.dedupe_key: int(row.id) for row in added}
+
+
 async def record_many(
     session: AsyncSession, events: Sequence[tuple[int, str, dict[str, Any], str]]
 ) -> list[Event]:
-    """`record` for many events at once, each `(user_id, type, data, dedupe_key)`: one statement writes them all,
-    one more sends their NOTIFYs (PostgreSQL) and one finds the accounts' webhook endpoints, however many there are.
+    """`record` for many events at once, each `(user_id, type, data, dedupe_key)`, however many there are: on
+    PostgreSQL one statement writes them, sends their NOTIFYs and finds the accounts' webhook endpoints; on SQLite
+    one writes them and one finds the endpoints.
 
     Returns those written; an event whose dedupe key was used already is left out, as `record` does."""
     if not events:
@@ -189,37 +222,26 @@ async def record_many(
         if type_ not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type_!r}")
     now = utcnow()
-    connection = await session.connection()
-    # An executemany that SQLAlchemy sends as one multi-row INSERT whatever the batch's size (insertmanyvalues),
-    # from one cached statement: a .values([...]) of N rows would be compiled anew for every N.
-    rows = (
-        await connection.execute(
-            _record_many_insert(session.bind.dialect.name),
-            [
-                {"user_id": user_id, "type": type_, "data": data, "dedupe_key": key, "created_at": now}
-                for user_id, type_, data, key in events
-            ],
-        )
-    ).all()
-    if rows and session.bind.dialect.name == "postgresql":
-        # Sent by PostgreSQL only if we commit, as record's.
-        await connection.execute(
-            _NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": [f"{row.user_id}:{row.id}" for row in rows]}
-        )
-    ids = {row.dedupe_key: int(row.id) for row in rows}
+    rows = [
+        {"user_id": user_id, "type": type_, "data": data, "dedupe_key": key, "created_at": now}
+        for user_id, type_, data, key in events
+    ]
+    endpoints: dict[int, list[int]] = {}
+    driver = await bulk.driver_connection(session)
+    if driver is not None:
+        # One round trip: the rows, their NOTIFYs (sent by PostgreSQL only if we commit, as record's) and the
+        # accounts' webhook endpoints.
+        ids = {}
+        for event_id, user_id, key, endpoint_ids, _notified in await _record_many_unnest(session.bind.dialect).fetch(
+                driver, rows, NOTIFY_CHANNEL):
+            ids[key] = int(event_id)
+            endpoints[user_id] = list(endpoint_ids)
+    else:
+        ids = await _record_many_sqlite(session, rows, endpoints)
     written = [
         Event(id=ids[key], user_id=user_id, type=type_, created_at=now, data=data)
         for user_id, type_, data, key in events if key in ids
     ]
-    if not written:
-        return []
-    endpoints: dict[int, list[int]] = {}
-    for endpoint_id, user_id in (
-        await connection.execute(
-            _ENDPOINTS_OF, {"b_users": sorted({recorded.user_id for recorded in written})}
-        )
-    ).all():
-        endpoints.setdefault(user_id, []).append(endpoint_id)
     for recorded in sorted(written, key=lambda recorded: recorded.id):
         await _deliver_and_publish(session, recorded, endpoints.get(recorded.user_id, []))
     return written

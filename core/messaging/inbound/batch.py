@@ -31,8 +31,8 @@ from core.messaging.inbound.store import (
 )
 from core.messaging.relay import relay_message
 from core.messaging.results import InboundOutcome
-from core.models import ChatIdentity, Conversation, PhoneNumber, User
-from core.platform import outbox
+from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
+from core.platform import bulk, outbox
 from core.platform.clock import utcnow
 from core.platform.db import dialect_insert
 from core.platform.settings import Settings
@@ -142,11 +142,7 @@ async def _store_owned(
         sms, owner = batch[index].sms, owners[batch[index].sms.to_e164]
         conversation_id = conversations[(owner.id, sms.from_e164)].id
         rows.append(inbound_row(sms, owner.user_id, conversation_id, batch[index].received_at, now))
-    connection = await session.connection()
-    inserted = {
-        (row.provider, row.provider_message_id): row.id
-        for row in (await connection.execute(message_insert(session.bind.dialect.name), rows)).all()
-    }
+    inserted = await _insert_messages(session, rows)
     unread: dict[int, list[Any]] = {}
     relays: list[Relay] = []
     events: list[tuple[int, str, dict[str, Any], str]] = []
@@ -189,13 +185,29 @@ async def _store_owned(
         ))
     if unread:
         # Sorted, so two writers (two instances) always lock conversations in the same order.
-        await connection.execute(
+        await (await session.connection()).execute(
             unread_update(), [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
         )
     # One statement for the batch's message.received events, not one per SMS.
     await api_events.record_many(session, events)
     if relays:
         await enqueue_relays(session, relays, chats)
+
+
+async def _insert_messages(session: AsyncSession, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """The id of each message row inserted, by (provider, provider message id); a duplicate is left out."""
+    driver = await bulk.driver_connection(session)
+    if driver is not None:
+        statement = bulk.unnest_insert(
+            Message.__table__, tuple(rows[0]), ("provider", "provider_message_id"),
+            ("id", "provider", "provider_message_id"), session.bind.dialect,
+        )
+        return {(row[1], row[2]): row[0] for row in await statement.fetch(driver, rows)}
+    connection = await session.connection()
+    return {
+        (row.provider, row.provider_message_id): row.id
+        for row in (await connection.execute(message_insert(session.bind.dialect.name), rows)).all()
+    }
 
 
 async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Any]:

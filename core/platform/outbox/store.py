@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from core.models import ChatIdentity, OutboxDelivery
+from core.platform import bulk
 from core.platform.clock import utcnow
 from core.platform.db import Database, dialect_insert
 from core.platform.outbox.liveness import InstanceLiveness
@@ -120,9 +121,16 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> int
 
 async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dict[str, int]:
     """enqueue_many's work: the id of each row added, by dedupe key; those claimed as enqueued are handed over."""
-    connection = await session.connection()
-    # An executemany that SQLAlchemy sends as one multi-row INSERT (insertmanyvalues) from one statement.
-    added = {row.dedupe_key: row.id for row in await connection.execute(_insert_many(session.bind.dialect.name), rows)}
+    driver = await bulk.driver_connection(session)
+    if driver is not None:
+        statement = bulk.unnest_insert(
+            OutboxDelivery.__table__, _columns(rows), ("dedupe_key",), ("id", "dedupe_key"), session.bind.dialect
+        )
+        added = {row[1]: row[0] for row in await statement.fetch(driver, rows)}
+    else:
+        # An executemany that SQLAlchemy sends as one multi-row INSERT (insertmanyvalues) from one statement.
+        connection = await session.connection()
+        added = {row.dedupe_key: row.id for row in await connection.execute(_insert_many(session.bind.dialect.name), rows)}
     claimed = [
         OutboxDelivery(id=added[row["dedupe_key"]], **row)
         for row in rows if row.get("state") == "sending" and row["dedupe_key"] in added
@@ -131,6 +139,14 @@ async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dic
     if len(claimed) < len(added):
         await arrange_wake(session)
     return added
+
+
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The columns of `rows`, which all have the same keys (as an executemany's must), in the first row's order."""
+    columns = tuple(rows[0])
+    if any(len(row) != len(columns) for row in rows):
+        raise ValueError("every row of one insert must have the same columns")
+    return columns
 
 
 def delivery_row(
@@ -409,6 +425,33 @@ async def claim(
     return sorted(claimed, key=lambda delivery: (-delivery.priority, delivery.id))
 
 
+# record's statements, built once: the dispatcher records the outcome of every send.
+
+
+@functools.cache
+def _record_check(lock_rows: bool) -> Any:
+    check = (
+        select(OutboxDelivery.id, OutboxDelivery.attempts, OutboxDelivery.state)
+        .where(OutboxDelivery.id.in_(bindparam("b_ids", expanding=True)))
+        .order_by(OutboxDelivery.id)
+    )
+    return check.with_for_update() if lock_rows else check
+
+
+@functools.cache
+def _record_update(state: str) -> Any:
+    """The update of one outcome's state, with the parameters its rows of `record` carry (executemany)."""
+    table = OutboxDelivery.__table__
+    by_id = update(table).where(table.c.id == bindparam("b_id"))
+    columns = {"sent": {"sent_at": "b_at", "platform_message_id": "b_message_id"},
+               "pending": {"next_attempt_at": "b_next", "last_error": "b_error", "failing_since": "b_since"},
+               "parked": {"last_error": "b_error"}}[state]
+    return by_id.values(
+        state=state, claimed_until=None, claimed_by=None,
+        **{column: bindparam(name, type_=table.c[column].type) for column, name in columns.items()},
+    )
+
+
 async def record(
     session: AsyncSession, outcomes: list[Outcome], *, lock_rows: bool, instance_id: str
 ) -> list[Outcome]:
@@ -419,15 +462,10 @@ async def record(
     """
     if not outcomes:
         return []
-    check = (
-        select(OutboxDelivery.id, OutboxDelivery.attempts, OutboxDelivery.state)
-        .where(OutboxDelivery.id.in_(sorted({outcome.delivery.id for outcome in outcomes})))
-        .order_by(OutboxDelivery.id)
-    )
-    if lock_rows:
-        # Held to the commit, so no recovery or claim elsewhere slips between this check and the writes.
-        check = check.with_for_update()
-    current = {row.id: (row.attempts, row.state) for row in await session.execute(check)}
+    # Held to the commit with lock_rows, so no recovery or claim elsewhere slips between this check and the writes.
+    check = _record_check(lock_rows)
+    ids = sorted({outcome.delivery.id for outcome in outcomes})
+    current = {row.id: (row.attempts, row.state) for row in await session.execute(check, {"b_ids": ids})}
     applied: list[Outcome] = []
     for outcome in outcomes:
         attempts, state = current.get(outcome.delivery.id, (None, None))
@@ -440,21 +478,12 @@ async def record(
             continue
         applied.append(outcome)
 
-    table = OutboxDelivery.__table__
-    by_id = update(table).where(table.c.id == bindparam("b_id"))
     sent = [
         {"b_id": o.delivery.id, "b_at": o.at, "b_message_id": o.platform_message_id}
         for o in applied if o.state == "sent"
     ]
     if sent:
-        await session.execute(
-            by_id.values(
-                state="sent", claimed_until=None, claimed_by=None,
-                sent_at=bindparam("b_at", type_=table.c.sent_at.type),
-                platform_message_id=bindparam("b_message_id", type_=table.c.platform_message_id.type),
-            ),
-            sent,
-        )
+        await session.execute(_record_update("sent"), sent)
         for kind, hook in SENT_HOOKS.items():
             delivered = [(o.delivery, o.at) for o in applied if o.state == "sent" and o.delivery.kind == kind]
             if delivered:
@@ -467,26 +496,12 @@ async def record(
         for o in applied if o.state == "pending"
     ]
     if retries:
-        await session.execute(
-            by_id.values(
-                state="pending", claimed_until=None, claimed_by=None,
-                next_attempt_at=bindparam("b_next", type_=table.c.next_attempt_at.type),
-                last_error=bindparam("b_error", type_=table.c.last_error.type),
-                failing_since=bindparam("b_since", type_=table.c.failing_since.type),
-            ),
-            retries,
-        )
+        await session.execute(_record_update("pending"), retries)
     parked = [
         {"b_id": o.delivery.id, "b_error": clip(o.error, _LAST_ERROR_MAX)} for o in applied if o.state == "parked"
     ]
     if parked:
-        await session.execute(
-            by_id.values(
-                state="parked", claimed_until=None, claimed_by=None,
-                last_error=bindparam("b_error", type_=table.c.last_error.type),
-            ),
-            parked,
-        )
+        await session.execute(_record_update("parked"), parked)
     for outcome in applied:
         if outcome.blocked:
             await session.execute(

@@ -1,0 +1,78 @@
+"""Many-row INSERTs for the hot paths on PostgreSQL: one statement over unnest() of a column's array each, sent by
+asyncpg itself inside the caller's transaction.
+
+An executemany through SQLAlchemy (insertmanyvalues) builds a bound parameter per value and renders a statement
+per batch size: for a group commit of 48 inbound SMS that was most of the CPU the store took. Here the statement
+is rendered once per table and column list, and each batch costs one list per column. Values still pass through
+each column's own bind processor (encryption, JSON, UTC datetimes), so what is stored is what the ORM would have
+stored. SQLite, the embedded default, keeps the executemany: `for_session` answers None there."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True)
+class UnnestInsert:
+    """`INSERT INTO table (columns) SELECT * FROM unnest($1::type[], …) ON CONFLICT … DO NOTHING RETURNING …`."""
+
+    sql: str
+    columns: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def arrays(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """One list per column, each value through the column's bind processor."""
+        arrays: list[list[Any]] = []
+        for name, process in zip(self.columns, self.processors, strict=True):
+            values = [row[name] for row in rows]
+            arrays.append(values if process is None else [None if v is None else process(v) for v in values])
+        return arrays
+
+    async def fetch(self, connection: Any, rows: Sequence[Mapping[str, Any]], *extra: Any) -> list[Any]:
+        """The rows (asyncpg Records) the statement returns for the rows inserted; `connection` is the asyncpg
+        connection, `extra` the parameters after the columns' arrays that a suffix uses."""
+        return list(await connection.fetch(self.sql, *self.arrays(rows), *extra))
+
+
+@functools.cache
+def unnest_insert(
+    table: Table, columns: tuple[str, ...], conflict: tuple[str, ...], returning: tuple[str, ...],
+    dialect: Dialect, suffix: str = "",
+) -> UnnestInsert:
+    """The statement for `columns` of `table`, rows conflicting on `conflict` left out; `suffix` is SQL that
+    reads the inserted rows from a CTE named `added` (default: `SELECT` the `returning` columns); its own
+    parameters are numbered from len(columns) + 1."""
+    # Python-side defaults are the ORM's and Core's to fill in, not unnest's: every column that has one must be given.
+    missing = [c.name for c in table.columns if c.name not in columns and c.default is not None]
+    if missing:
+        raise ValueError(f"unnest_insert into {table.name} needs values for {', '.join(missing)}")
+    casts = []
+    processors = []
+    for index, name in enumerate(columns, start=1):
+        column = table.c[name]
+        casts.append(f"${index}::{column.type.compile(dialect)}[]")
+        implementation = column.type.dialect_impl(dialect)
+        processors.append(implementation.bind_processor(dialect))
+    names = ", ".join(columns)
+    insert = (
+        f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({', '.join(casts)}) "
+        f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING RETURNING {', '.join(returning)}"
+    )
+    sql = f"WITH added AS ({insert}) {suffix or 'SELECT ' + ', '.join(returning) + ' FROM added'}"
+    return UnnestInsert(sql, columns, tuple(processors))
+
+
+async def driver_connection(session: AsyncSession) -> Any | None:
+    """The asyncpg connection under the session's transaction on PostgreSQL; None on SQLite."""
+    connection = await session.connection()
+    if connection.dialect.name != "postgresql":
+        return None
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection

@@ -251,8 +251,11 @@ class ConnectionGuard:
                          declared, limit)
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared, headers={"Connection": "close"})
         try:
-            async with asyncio.timeout(self.limits.body_timeout):
+            if request.content.is_eof():  # the whole body came with the headers, as a webhook's usually does
                 await request.read()
+            else:  # a timer per request only where the body may still be on its way
+                async with asyncio.timeout(self.limits.body_timeout):
+                    await request.read()
         except TimeoutError:
             self._refuse(request, "timeout", "the body did not arrive within %g s", self.limits.body_timeout)
             raise web.HTTPRequestTimeout(text="request body too slow", headers={"Connection": "close"}) from None

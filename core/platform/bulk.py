@@ -69,6 +69,14 @@ def unnest_insert(
     return UnnestInsert(sql, columns, tuple(processors))
 
 
+def columns_of(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The columns of `rows`, which must all have the same keys (as an executemany's), in the first row's order."""
+    columns = tuple(rows[0])
+    if any(row.keys() != rows[0].keys() for row in rows):
+        raise ValueError("every row of one insert must have the same columns")
+    return columns
+
+
 async def driver_connection(session: AsyncSession) -> Any | None:
     """The asyncpg connection under the session's transaction on PostgreSQL; None on SQLite."""
     connection = await session.connection()

@@ -199,7 +199,7 @@ async def _insert_messages(session: AsyncSession, rows: list[dict[str, Any]]) ->
     driver = await bulk.driver_connection(session)
     if driver is not None:
         statement = bulk.unnest_insert(
-            Message.__table__, tuple(rows[0]), ("provider", "provider_message_id"),
+            Message.__table__, bulk.columns_of(rows), ("provider", "provider_message_id"),
             ("id", "provider", "provider_message_id"), session.bind.dialect,
         )
         return {(row[1], row[2]): row[0] for row in await statement.fetch(driver, rows)}

@@ -124,7 +124,7 @@ async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dic
     driver = await bulk.driver_connection(session)
     if driver is not None:
         statement = bulk.unnest_insert(
-            OutboxDelivery.__table__, _columns(rows), ("dedupe_key",), ("id", "dedupe_key"), session.bind.dialect
+            OutboxDelivery.__table__, bulk.columns_of(rows), ("dedupe_key",), ("id", "dedupe_key"), session.bind.dialect
         )
         added = {row[1]: row[0] for row in await statement.fetch(driver, rows)}
     else:
@@ -139,14 +139,6 @@ async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dic
     if len(claimed) < len(added):
         await arrange_wake(session)
     return added
-
-
-def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The columns of `rows`, which all have the same keys (as an executemany's must), in the first row's order."""
-    columns = tuple(rows[0])
-    if any(len(row) != len(columns) for row in rows):
-        raise ValueError("every row of one insert must have the same columns")
-    return columns
 
 
 def delivery_row(

@@ -308,10 +308,10 @@ async def test_breaker_opens_after_failures_and_closes_after_a_good_trial(
         assert (await ai.analyze_text(seeded.user, "hello")).fell_back
     assert assistant.breaker_state is BreakerState.OPEN and len(fake.requests) == 3
 
-    started = time.perf_counter()
     answer = await ai.drafts_for_conversation(seeded.user, seeded.conversation_id)
     assert answer.engine == "rules" and answer.fell_back
-    assert time.perf_counter() - started < 0.2  # no waiting for Groq while it is known to be down
+    # No call (and so no waiting) for Groq while it is known to be down; a wall-clock bound here failed on a loaded
+    # machine without telling anything the request count does not.
     assert len(fake.requests) == 3
 
     clock.now += 30

@@ -66,3 +66,10 @@ async def test_sqlite_has_no_driver_connection(tmp_path: object) -> None:
             assert await bulk.driver_connection(session) is None
     finally:
         await database.dispose()
+
+
+def test_rows_of_one_insert_must_share_their_columns() -> None:
+    """A row with a column the others lack would be misaligned in the arrays: refused before anything is sent."""
+    assert bulk.columns_of([{"a": 1, "b": 2}, {"b": 3, "a": 4}]) == ("a", "b")
+    with pytest.raises(ValueError, match="same columns"):
+        bulk.columns_of([{"a": 1, "b": 2}, {"a": 3, "c": 4}])

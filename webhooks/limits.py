@@ -251,11 +251,10 @@ class ConnectionGuard:
                          declared, limit)
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared, headers={"Connection": "close"})
         try:
-            if request.content.is_eof():  # the whole body came with the headers, as a webhook's usually does
+            # No timer when the whole body came with the headers, as a webhook's usually does: only a body still on
+            # its way can be slow.
+            async with asyncio.timeout(None if request.content.is_eof() else self.limits.body_timeout):
                 await request.read()
-            else:  # a timer per request only where the body may still be on its way
-                async with asyncio.timeout(self.limits.body_timeout):
-                    await request.read()
         except TimeoutError:
             self._refuse(request, "timeout", "the body did not arrive within %g s", self.limits.body_timeout)
             raise web.HTTPRequestTimeout(text="request body too slow", headers={"Connection": "close"}) from None

@@ -179,8 +179,10 @@ def _record_many_insert(dialect: str) -> Any:
 _RECORD_MANY_COLUMNS = ("user_id", "type", "data", "dedupe_key", "created_at")
 
 
+@functools.cache
 def _record_many_unnest(dialect: Dialect) -> bulk.UnnestInsert:
-    """record_many's one statement on PostgreSQL: the rows, a NOTIFY each, the endpoints of each row's account."""
+    """record_many's one statement on PostgreSQL: the rows, a NOTIFY each, the live endpoints of each row's account
+    (those `_live_endpoints` finds)."""
     return bulk.unnest_insert(
         ApiEvent.__table__, _RECORD_MANY_COLUMNS, ("dedupe_key",), ("id", "user_id", "dedupe_key"), dialect,
         suffix=(

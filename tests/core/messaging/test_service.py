@@ -616,6 +616,8 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
         async with db.transaction() as session:  # an integrator's webhook: each event is also queued for it
             endpoint = ApiWebhookEndpoint(user_id=user.id, url="https://hooks.example/cumapp", secret="s")
             session.add(endpoint)
+            session.add(ApiWebhookEndpoint(user_id=user.id, url="https://hooks.example/old", secret="s",
+                                           deleted_at=utcnow()))  # deleted: queued nothing
             await session.flush()
             endpoint_id = endpoint.id
         sizes = batch_sizes(service)

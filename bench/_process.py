@@ -59,6 +59,59 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+class CpuQuota:
+    """Each given process in a cgroup (v1 `cpu` controller) of its own, capped at `cores` of CPU time.
+
+    So a run can give every `cumapp run` the same share of the machine, as if each had a core of its own: on a
+    machine with fewer cores than processes (two instances, PostgreSQL and the load client on two here),
+    whether instances scale out is otherwise hidden by their fight for the same cores."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float, pids: list[int], tag: str) -> None:
+        self.cores = cores
+        self.pids = pids
+        self.groups = [CGROUP_CPU / f"cumapp_bench_{tag}_{n}" for n in range(len(pids))]
+
+    @staticmethod
+    def available() -> str | None:
+        """None when quotas can be set here; otherwise what is missing."""
+        if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
+            return f"no cgroup v1 cpu controller at {CGROUP_CPU}"
+        if not os.access(CGROUP_CPU, os.W_OK):
+            return f"{CGROUP_CPU} is not writable (needs root)"
+        return None
+
+    def __enter__(self) -> CpuQuota:
+        for group, pid in zip(self.groups, self.pids, strict=True):
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(int(self.cores * self.PERIOD_US)))
+            (group / "cgroup.procs").write_text(str(pid))  # its threads, and those it starts later, go too
+        return self
+
+    def throttled_seconds(self) -> float:
+        """How long the processes were held back by their quota so far, in all."""
+        total = 0
+        for group in self.groups:
+            for line in (group / "cpu.stat").read_text().splitlines():
+                if line.startswith("throttled_time "):
+                    total += int(line.split()[1])
+        return total / 1e9
+
+    def __exit__(self, *exc: object) -> None:
+        for group in self.groups:
+            try:
+                for pid in (group / "cgroup.procs").read_text().split():
+                    (CGROUP_CPU / "cgroup.procs").write_text(pid)
+                group.rmdir()
+            except OSError:
+                pass  # the process is gone and the group with it, or it goes when the process does
+
+
 class BenchFleet(Fleet):
     """Fleet with the fake Bot API's flood limits on and reached directly; optionally a fake TextVerified."""
 

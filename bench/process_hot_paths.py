@@ -15,12 +15,18 @@ Twilio and the fake TextVerified of tests/fakes/, all in this process. Figures:
     TEST_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python bench/process_hot_paths.py
     .venv/bin/python bench/process_hot_paths.py --only one --skip codes    # parts; --help for the rest
+
+Scale-out on a machine with fewer cores than the run has processes: `--cpu-quota 0.4` puts each `cumapp run` in
+a cgroup of its own capped at 0.4 of a core (root, cgroup v1 `cpu`), so one instance and two are compared as if
+each had its own core, where uncapped the second instance only takes CPU from the first, PostgreSQL and the load
+client. Compare `--only both --skip relay --skip codes --cpu-quota 0.4` with the uncapped run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -39,6 +45,7 @@ from bench._process import (  # noqa: E402
     TEXTVERIFIED_SECRET,
     BareServer,
     BenchFleet,
+    CpuQuota,
     closed_loop_elsewhere,
     cpu_seconds,
     pct,
@@ -264,33 +271,40 @@ async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, proces
     try:
         async with FakeTextVerifiedServer() as tv, BenchFleet(url, work / f"x{processes}", processes=processes,
                                                              chats=args.chats, textverified=tv, env=env) as fleet:
-            ids = Counter_()
-            await asyncio.sleep(args.idle)
-            result["rss_idle_start_mb"] = [round(rss_mb(p.process.pid), 1) for p in fleet.processes if p.process]
-            # Warm-up: connections, prepared statements, the first import of every path.
-            await fleet.post_in_chat_order(list(range(ids.take(args.chats))))
-            await fleet.drained(60)
-            for _ in range(5):
-                await ingestion(fleet, ids, 40, 8, None)
-            await fleet.drained(60)
-            skip = set(args.skip)
-            if "relay" not in skip:
-                result["relay"] = await relay_latency(fleet, ids, args.rate, args.seconds)
+            with contextlib.ExitStack() as stack:  # the CPU quota's cgroups go before the processes
+                ids = Counter_()
+                if args.cpu_quota:
+                    pids = [p.process.pid for p in fleet.processes if p.process]
+                    quota = stack.enter_context(CpuQuota(args.cpu_quota, pids, fleet.run))
+                    result["cpu_quota"] = args.cpu_quota
+                await asyncio.sleep(args.idle)
+                result["rss_idle_start_mb"] = [round(rss_mb(p.process.pid), 1) for p in fleet.processes if p.process]
+                # Warm-up: connections, prepared statements, the first import of every path.
+                await fleet.post_in_chat_order(list(range(ids.take(args.chats))))
                 await fleet.drained(60)
-            if "codes" not in skip and processes == 1:
-                result["codes"] = await code_latency(fleet, args.codes, args.code_rate, args.warm_codes)
-            if "ingest" not in skip:
-                runs = []
-                async with BareServer() as bare:
-                    for _ in range(args.repeats):
-                        runs.append(await ingestion(fleet, ids, args.sms, args.concurrency, bare))
-                result["ingestion"] = runs
-                await fleet.drained(args.sms * args.repeats / 25 + 60)
-            await asyncio.sleep(args.idle)
-            result["rss_idle_after_mb"] = [round(rss_mb(p.process.pid), 1) for p in fleet.processes if p.process]
-            result["telegram_429"] = fleet.telegram.too_many_requests
-            result["errors"] = sum(len(p.errors()) for p in fleet.processes)
-            result["duplicated"] = sum(n - 1 for n in fleet.counts().values() if n > 1)
+                for _ in range(5):
+                    await ingestion(fleet, ids, 40, 8, None)
+                await fleet.drained(60)
+                skip = set(args.skip)
+                if "relay" not in skip:
+                    result["relay"] = await relay_latency(fleet, ids, args.rate, args.seconds)
+                    await fleet.drained(60)
+                if "codes" not in skip and processes == 1:
+                    result["codes"] = await code_latency(fleet, args.codes, args.code_rate, args.warm_codes)
+                if "ingest" not in skip:
+                    runs = []
+                    async with BareServer() as bare:
+                        for _ in range(args.repeats):
+                            runs.append(await ingestion(fleet, ids, args.sms, args.concurrency, bare))
+                    result["ingestion"] = runs
+                    await fleet.drained(args.sms * args.repeats / 25 + 60)
+                await asyncio.sleep(args.idle)
+                result["rss_idle_after_mb"] = [round(rss_mb(p.process.pid), 1) for p in fleet.processes if p.process]
+                result["telegram_429"] = fleet.telegram.too_many_requests
+                result["errors"] = sum(len(p.errors()) for p in fleet.processes)
+                result["duplicated"] = sum(n - 1 for n in fleet.counts().values() if n > 1)
+                if args.cpu_quota:
+                    result["throttled_s"] = round(quota.throttled_seconds(), 1)
     finally:
         await drop_database(admin_url, name)
     return result
@@ -307,14 +321,17 @@ def report(results: dict[int, dict[str, Any]], command: str) -> str:
     def row(figure: str, target: str, measured: str, met: bool | None) -> None:
         rows.append(f"| {figure} | {target} | {measured} | {'met' if met else 'NOT met' if met is not None else '–'} |")
 
+    quota = (one or two or {}).get("cpu_quota")
+    capped = f", each `cumapp run` capped at {quota:g} of a core" if quota else ""
     if one and "ingestion" in one:
         runs = one["ingestion"]
         lost = sum(r["lost"] for r in runs)
         ratio = _best(runs, "ratio")
-        row(f"ingestion, {runs[0]['sent']:,} signed SMS at {results['args']['concurrency']} in flight",
+        # Capped, the ratio to an uncapped bare endpoint is no measure of the target: shown, not judged.
+        row(f"ingestion, {runs[0]['sent']:,} signed SMS at {results['args']['concurrency']} in flight{capped}",
             f"≥ {TARGETS['ratio']} × bare, nothing lost",
             f"{_best(runs, 'rate'):,.0f}/s vs bare {_best(runs, 'bare_rate'):,.0f}/s: **{ratio:.2f}**; lost {lost}",
-            ratio >= TARGETS["ratio"] and lost == 0)
+            None if quota else ratio >= TARGETS["ratio"] and lost == 0)
     if one and "relay" in one:
         r = one["relay"]
         row(f"relay at {r['rate']:g} SMS/s, POST → `sendMessage`", f"p99 ≤ {TARGETS['relay_p99_ms']:g} ms",
@@ -333,7 +350,7 @@ def report(results: dict[int, dict[str, Any]], command: str) -> str:
     if one and two and "ingestion" in one and "ingestion" in two:
         scale = _best(two["ingestion"], "rate") / _best(one["ingestion"], "rate")
         lost = sum(r["lost"] for r in two["ingestion"])
-        row("two instances, ingestion", f"≥ {TARGETS['scale']} × one instance",
+        row(f"two instances, ingestion{capped}", f"≥ {TARGETS['scale']} × one instance",
             f"{_best(two['ingestion'], 'rate'):,.0f}/s: **{scale:.2f}×**; lost {lost}", scale >= TARGETS["scale"])
     if one and two and "relay" in one and "relay" in two:
         a, b = one["relay"], two["relay"]
@@ -388,8 +405,12 @@ if __name__ == "__main__":
     parser.add_argument("--chats", type=int, default=100, help="users, one number and chat each (100)")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds idle before each RSS reading (3)")
     parser.add_argument("--env", action="append", default=[], help="NAME=value for the cumapp processes")
+    parser.add_argument("--cpu-quota", type=float, metavar="CORES",
+                        help="cap each cumapp process at this much CPU (a cgroup each; root): a core of its own each")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--write", type=Path, help="write the Markdown table here (e.g. docs/perf/process.md)")
     parsed = parser.parse_args()
+    if parsed.cpu_quota and (missing := CpuQuota.available()):
+        parser.error(f"--cpu-quota: {missing}")
     parsed.load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     asyncio.run(main(parsed))

@@ -84,4 +84,9 @@ async def driver_connection(session: AsyncSession) -> Any | None:
     if connection.dialect.name != "postgresql":
         return None
     raw = await connection.get_raw_connection()
+    adapted = raw.dbapi_connection
+    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs itself: a statement sent
+    # straight to asyncpg before any would run outside the transaction and stay when the transaction rolls back.
+    if adapted is not None and adapted._transaction is None and not adapted.autocommit:
+        await adapted._start_transaction()
     return raw.driver_connection

@@ -198,6 +198,10 @@ class EncryptedText(TypeDecorator[str]):
         return None if value is None else keyring_of(dialect).decrypt(value)
 
 
+# json.dumps with any option builds a new encoder per call; every outbox row and API event passes through here.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 class EncryptedJSON(TypeDecorator[Any]):
     """A JSON value stored as one JSON string holding a token of its serialised form; the column stays
     JSON. A row written before encryption (an object, not a string) reads as it was."""
@@ -210,7 +214,7 @@ class EncryptedJSON(TypeDecorator[Any]):
         keyring = keyring_of(dialect)
         if value is None or not keyring.encrypts:
             return value
-        return keyring.encrypt(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+        return keyring.encrypt(_COMPACT_JSON.encode(value))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if isinstance(value, str) and looks_encrypted(value):

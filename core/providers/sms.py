@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlparse
 
 import phonenumbers
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator, add_port, compare, remove_port
 
 from core.platform.clock import utcnow
 from core.providers.sms_encoding import sms_parts
@@ -234,7 +235,13 @@ def validate_twilio_signature(auth_token: str, url: str, params: Mapping[str, An
     if not signature or not auth_token:
         return False
     try:
-        return bool(RequestValidator(auth_token).validate(url, params if params is not None else {}, signature))
+        validator = RequestValidator(auth_token)
+        parsed = urlparse(url)
+        # What RequestValidator.validate does for a form, except that it always computes both signatures (the URL
+        # without its default port and with it); the second only matters when the first fails. Half the HMACs:
+        # the check was a fifth of an ingested SMS's HTTP handling.
+        return any(compare(validator.compute_signature(candidate, params or {}), signature)
+                   for candidate in (remove_port(parsed), add_port(parsed)))
     except (TypeError, ValueError):
         return False
 

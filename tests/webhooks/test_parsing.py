@@ -47,6 +47,13 @@ def test_twilio_signature_good_forged_missing() -> None:
 def test_twilio_signature_ignores_default_port() -> None:
     hook = build_inbound_webhook(TOKEN, "https://cumapp.example/sms", from_="+14155550199", to="+14155550100", body="x")
     assert validate_twilio_signature(TOKEN, "https://cumapp.example:443/sms", hook.params, hook.signature)
+    # Signed over the URL with its port, called without: the second form the check tries.
+    signed_with_port = build_inbound_webhook(TOKEN, "https://cumapp.example:443/sms", from_="+14155550199",
+                                             to="+14155550100", body="x")
+    assert validate_twilio_signature(TOKEN, "https://cumapp.example/sms", signed_with_port.params,
+                                     signed_with_port.signature)
+    assert not validate_twilio_signature(TOKEN, "https://cumapp.example:8443/sms", signed_with_port.params,
+                                         signed_with_port.signature)
 
 
 def test_twilio_headers_look_like_twilio() -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.api import events as api_events
@@ -35,6 +35,7 @@ from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
 from core.platform import bulk, outbox
 from core.platform.clock import utcnow
 from core.platform.db import dialect_insert
+from core.platform.driver_sql import driver_statement, in_array
 from core.platform.settings import Settings
 from core.providers.sms import InboundSms
 
@@ -53,24 +54,37 @@ class PendingInbound:
 
 
 @functools.cache
-def _owners_query() -> Any:
+def _owners_query(postgresql: bool) -> Any:
     return (
         select(PhoneNumber.id, PhoneNumber.user_id, PhoneNumber.e164, User.locale, User.auto_analyze,
                ChatIdentity.platform, ChatIdentity.chat_id, outbox.chat_busy())
         .join(User, User.id == PhoneNumber.user_id)
         .outerjoin(ChatIdentity, owner_chats())
-        .where(PhoneNumber.e164.in_(bindparam("b_numbers", expanding=True)), PhoneNumber.state == "active")
+        .where(in_array(PhoneNumber.e164, "b_numbers", postgresql), PhoneNumber.state == "active")
         .order_by(PhoneNumber.id, ChatIdentity.id)  # the newest owner of a number wins, as in store_inbound
     )
 
 
 @functools.cache
-def _conversations_query() -> Any:
+def _conversations_query(postgresql: bool) -> Any:
     return select(
         Conversation.id, Conversation.phone_number_id, Conversation.remote_e164, Conversation.blocked,
         Conversation.opted_out, Conversation.contact_name,
-    ).where(Conversation.phone_number_id.in_(bindparam("b_numbers", expanding=True)),
-            Conversation.remote_e164.in_(bindparam("b_remotes", expanding=True)))
+    ).where(in_array(Conversation.phone_number_id, "b_numbers", postgresql),
+            in_array(Conversation.remote_e164, "b_remotes", postgresql))
+
+
+async def _rows(session: AsyncSession, statement: Any, params: dict[str, Any]) -> list[Any]:
+    """The rows of one of the statements above: on PostgreSQL compiled once and run by asyncpg itself (the
+    batch's fixed cost, driver_sql.py), elsewhere through SQLAlchemy."""
+    driver = await bulk.driver_connection(session)
+    if driver is not None:
+        return await driver_statement(statement, session.bind.dialect).fetch(driver, params)
+    return list((await (await session.connection()).execute(statement, params)).all())
+
+
+def _postgresql(session: AsyncSession) -> bool:
+    return session.bind.dialect.name == "postgresql"
 
 
 async def store_batch(
@@ -97,8 +111,8 @@ async def store_batch(
     # The owners and, in the same round trip, the chats their relays go to.
     owners: dict[str, Any] = {}
     chats: Chats = {}
-    connection = await session.connection()
-    for row in (await connection.execute(_owners_query(), {"b_numbers": sorted({batch[i].sms.to_e164 for i in unique})})):
+    numbers = sorted({batch[i].sms.to_e164 for i in unique})
+    for row in await _rows(session, _owners_query(_postgresql(session)), {"b_numbers": numbers}):
         owners[row.e164] = row
         add_chat(chats, row)
     owned: list[int] = []
@@ -185,9 +199,12 @@ async def _store_owned(
         ))
     if unread:
         # Sorted, so two writers (two instances) always lock conversations in the same order.
-        await (await session.connection()).execute(
-            unread_update(), [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
-        )
+        counts = [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
+        driver = await bulk.driver_connection(session)
+        if driver is not None:
+            await driver_statement(unread_update(), session.bind.dialect).executemany(driver, counts)
+        else:
+            await (await session.connection()).execute(unread_update(), counts)
     # One statement for the batch's message.received events, not one per SMS.
     await api_events.record_many(session, events)
     if relays:
@@ -211,11 +228,6 @@ async def _insert_messages(session: AsyncSession, rows: list[dict[str, Any]]) ->
 
 
 async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Any]:
-    connection = await session.connection()
-    found = (
-        await connection.execute(
-            _conversations_query(),
-            {"b_numbers": sorted({n for n, _ in pairs}), "b_remotes": sorted({r for _, r in pairs})},
-        )
-    ).all()
+    found = await _rows(session, _conversations_query(_postgresql(session)),
+                        {"b_numbers": sorted({n for n, _ in pairs}), "b_remotes": sorted({r for _, r in pairs})})
     return {(row.phone_number_id, row.remote_e164): row for row in found if (row.phone_number_id, row.remote_e164) in pairs}

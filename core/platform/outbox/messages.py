@@ -23,12 +23,12 @@ class OutButton:
             raise ValueError(f"button {self.label!r} needs exactly one of action, url or copy_text")
 
     def to_payload(self) -> dict[str, str]:
-        data = {"label": self.label}
-        for key in ("action", "url", "copy_text"):
-            value = getattr(self, key)
-            if value is not None:
-                data[key] = value
-        return data
+        # Exactly one target is set (__post_init__); every relayed SMS writes a few of these.
+        if self.action is not None:
+            return {"label": self.label, "action": self.action}
+        if self.url is not None:
+            return {"label": self.label, "url": self.url}
+        return {"label": self.label, "copy_text": self.copy_text or ""}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> OutButton:

@@ -87,6 +87,8 @@ async def driver_connection(session: AsyncSession) -> Any | None:
     adapted = raw.dbapi_connection
     # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs itself: a statement sent
     # straight to asyncpg before any would run outside the transaction and stay when the transaction rolls back.
+    # The adapter's own start is used, so SQLAlchemy commits or rolls back what it began (tests/core/platform/
+    # test_driver_sql.py fails if its internals change).
     if adapted is not None and adapted._transaction is None and not adapted.autocommit:
         await adapted._start_transaction()
     return raw.driver_connection

@@ -1,11 +1,11 @@
 """SQLAlchemy Core statements compiled once for PostgreSQL and run by asyncpg itself, on the hot paths.
 
 Each execution through SQLAlchemy builds its parameters, its cache key and its result objects anew: for the inbound
-group commit's three reads and updates that was about a third of a batch's fixed cost. Here a statement is compiled
-once (its SQL, the order of its parameters, their bind processors, the result columns' processors) and a call
-costs asyncpg's own work. The caller's transaction is kept: it runs on the session's own connection
-(`bulk.driver_connection`). Lists are passed as arrays (`column == any_(array)`, see `in_array`), never as an
-expanding IN, whose SQL changes with the list's length."""
+group commit's two reads and its unread-count update that was about 0.8 ms of a batch's 2.8 ms of fixed CPU
+(bench/group_commit.py). Here a statement is compiled once (its SQL, the order of its parameters, their bind
+processors, the result columns' processors) and a call costs asyncpg's own work. The caller's transaction is
+kept: it runs on the session's own connection (`bulk.driver_connection`). Lists are passed as one array
+(`= ANY($n)`, see `in_array`), never as an expanding IN, whose SQL changes with the list's length."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ group commit's two reads and its unread-count update that was about 0.8 ms of a 
 (bench/group_commit.py). Here a statement is compiled once (its SQL, the order of its parameters, their bind
 processors, the result columns' processors) and a call costs asyncpg's own work. The caller's transaction is
 kept: it runs on the session's own connection (`bulk.driver_connection`). Lists are passed as one array
-(`= ANY($n)`, see `in_array`), never as an expanding IN, whose SQL changes with the list's length."""
+(`= ANY($n)`, see `in_array`), never as an expanding IN, whose SQL changes with the list's length. `fetch` and
+`execute_many` run a statement so on PostgreSQL and through SQLAlchemy on SQLite, so callers need not choose."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from typing import Any
 from sqlalchemy import bindparam, func
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
+
+from core.platform.bulk import driver_connection
 
 
 def in_array(column: Any, name: str, postgresql: bool) -> ColumnElement[bool]:
@@ -78,3 +82,20 @@ def driver_statement(statement: Any, dialect: Dialect) -> DriverStatement:
     results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in selected)
     row = namedtuple("Row", [column.key for column in selected]) if selected else None  # type: ignore[misc]
     return DriverStatement(compiled.string, names, fixed, processors, row, results)
+
+
+async def fetch(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
+    """The rows of `statement` in the session's transaction: by asyncpg on PostgreSQL, by SQLAlchemy on SQLite."""
+    driver = await driver_connection(session)
+    if driver is not None:
+        return await driver_statement(statement, session.bind.dialect).fetch(driver, params)
+    return list((await (await session.connection()).execute(statement, dict(params))).all())
+
+
+async def execute_many(session: AsyncSession, statement: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """`statement` once per row, in order, in the session's transaction (asyncpg on PostgreSQL, else SQLAlchemy)."""
+    driver = await driver_connection(session)
+    if driver is not None:
+        await driver_statement(statement, session.bind.dialect).executemany(driver, rows)
+    else:
+        await (await session.connection()).execute(statement, [dict(row) for row in rows])

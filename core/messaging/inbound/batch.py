@@ -32,10 +32,10 @@ from core.messaging.inbound.store import (
 from core.messaging.relay import relay_message
 from core.messaging.results import InboundOutcome
 from core.models import ChatIdentity, Conversation, Message, PhoneNumber, User
-from core.platform import bulk, outbox
+from core.platform import bulk, driver_sql, outbox
 from core.platform.clock import utcnow
 from core.platform.db import dialect_insert
-from core.platform.driver_sql import driver_statement, in_array
+from core.platform.driver_sql import in_array
 from core.platform.settings import Settings
 from core.providers.sms import InboundSms
 
@@ -74,15 +74,6 @@ def _conversations_query(postgresql: bool) -> Any:
             in_array(Conversation.remote_e164, "b_remotes", postgresql))
 
 
-async def _rows(session: AsyncSession, statement: Any, params: dict[str, Any]) -> list[Any]:
-    """The rows of one of the statements above: on PostgreSQL compiled once and run by asyncpg itself (the
-    batch's fixed cost, driver_sql.py), elsewhere through SQLAlchemy."""
-    driver = await bulk.driver_connection(session)
-    if driver is not None:
-        return await driver_statement(statement, session.bind.dialect).fetch(driver, params)
-    return list((await (await session.connection()).execute(statement, params)).all())
-
-
 def _postgresql(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"
 
@@ -112,7 +103,7 @@ async def store_batch(
     owners: dict[str, Any] = {}
     chats: Chats = {}
     numbers = sorted({batch[i].sms.to_e164 for i in unique})
-    for row in await _rows(session, _owners_query(_postgresql(session)), {"b_numbers": numbers}):
+    for row in await driver_sql.fetch(session, _owners_query(_postgresql(session)), {"b_numbers": numbers}):
         owners[row.e164] = row
         add_chat(chats, row)
     owned: list[int] = []
@@ -199,12 +190,9 @@ async def _store_owned(
         ))
     if unread:
         # Sorted, so two writers (two instances) always lock conversations in the same order.
-        counts = [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
-        driver = await bulk.driver_connection(session)
-        if driver is not None:
-            await driver_statement(unread_update(), session.bind.dialect).executemany(driver, counts)
-        else:
-            await (await session.connection()).execute(unread_update(), counts)
+        await driver_sql.execute_many(
+            session, unread_update(), [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
+        )
     # One statement for the batch's message.received events, not one per SMS.
     await api_events.record_many(session, events)
     if relays:
@@ -228,6 +216,6 @@ async def _insert_messages(session: AsyncSession, rows: list[dict[str, Any]]) ->
 
 
 async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Any]:
-    found = await _rows(session, _conversations_query(_postgresql(session)),
+    found = await driver_sql.fetch(session, _conversations_query(_postgresql(session)),
                         {"b_numbers": sorted({n for n, _ in pairs}), "b_remotes": sorted({r for _, r in pairs})})
     return {(row.phone_number_id, row.remote_e164): row for row in found if (row.phone_number_id, row.remote_e164) in pairs}

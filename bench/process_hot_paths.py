@@ -263,6 +263,46 @@ async def _code_rows(fleet: BenchFleet, verification_ids: list[int]) -> tuple[li
             [(s - c).total_seconds() * 1000 for _, c, s in rows if c and s])
 
 
+async def _database_pids(fleet: BenchFleet) -> list[int]:
+    """The PostgreSQL backends serving the fleet's database (this machine's cluster): their CPU is the
+    database's share of the work."""
+    from sqlalchemy import text
+
+    from core.platform.db import Database
+
+    db = Database(fleet.database_url)
+    try:
+        async with db.read() as session:
+            return list(await session.scalars(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")))
+    finally:
+        await db.dispose()
+
+
+async def drain_cost(fleet: BenchFleet, seconds: float) -> dict[str, Any]:
+    """While the backlog of an ingestion burst drains at Telegram's pace: relays sent per second, and the CPU
+    `cumapp run` and its database backends spend per relay sent."""
+    database = await _database_pids(fleet)
+    ours = [p.process.pid for p in fleet.processes if p.process]
+
+    def cpu(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid)
+        return total
+
+    sent, app, db, started = len(fleet.deliveries()), cpu(ours), cpu(database), time.monotonic()
+    await asyncio.sleep(seconds)
+    sent = len(fleet.deliveries()) - sent
+    elapsed = time.monotonic() - started
+    app, db = cpu(ours) - app, cpu(database) - db
+    return {"seconds": round(elapsed, 1), "sent": sent, "rate": round(sent / elapsed, 1),
+            "app_cpu_ms_per_relay": round(app * 1000 / sent, 2) if sent else None,
+            "db_cpu_ms_per_relay": round(db * 1000 / sent, 2) if sent else None,
+            "app_core_share": round(app / elapsed, 3), "db_core_share": round(db / elapsed, 3)}
+
+
 async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, processes: int) -> dict[str, Any]:
     name = f"cumapp_bench_hot_{uuid.uuid4().hex[:8]}"
     url = await create_database(admin_url, name)
@@ -297,6 +337,8 @@ async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, proces
                         for _ in range(args.repeats):
                             runs.append(await ingestion(fleet, ids, args.sms, args.concurrency, bare))
                     result["ingestion"] = runs
+                    if "drain" not in skip:
+                        result["drain"] = await drain_cost(fleet, args.drain_seconds)
                     await fleet.drained(args.sms * args.repeats / 25 + 60)
                 await asyncio.sleep(args.idle)
                 result["rss_idle_after_mb"] = [round(rss_mb(p.process.pid), 1) for p in fleet.processes if p.process]
@@ -393,12 +435,14 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["one", "two", "both"], default="both", help="instances to measure")
-    parser.add_argument("--skip", action="append", default=[], choices=["relay", "codes", "ingest"])
+    parser.add_argument("--skip", action="append", default=[], choices=["relay", "codes", "ingest", "drain"])
     parser.add_argument("--sms", type=int, default=1200, help="SMS per ingestion run (default 1,200)")
     parser.add_argument("--concurrency", type=int, default=48, help="requests in flight when ingesting (48)")
     parser.add_argument("--repeats", type=int, default=3, help="ingestion runs, each ours then bare (3)")
     parser.add_argument("--rate", type=float, default=25.0, help="SMS/s in the relay latency run (25)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the relay latency run (20 s)")
+    parser.add_argument("--drain-seconds", type=float, default=15.0,
+                        help="after the ingestion runs, how long the backlog's drain is measured (15 s)")
     parser.add_argument("--codes", type=int, default=100, help="verification codes (100)")
     parser.add_argument("--code-rate", type=float, default=5.0, help="codes per second (5)")
     parser.add_argument("--warm-codes", type=int, default=25, help="codes first sent to warm the path, apart (25)")

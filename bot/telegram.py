@@ -44,7 +44,7 @@ from bot.handlers import router, subscribe, topup
 from bot.handlers.registry import load_flows
 from bot.handlers.screens import Button, Screen, SentRef
 from bot.render import plain_text as _plain
-from bot.telegram_transport import BudgetRateLimiter
+from bot.telegram_transport import AiohttpRequest, BudgetRateLimiter
 from core.money import subscriptions
 from core.money.accounts import Contact
 from core.platform import updates
@@ -305,12 +305,10 @@ class TelegramFrontEnd:
             .base_file_url(settings.telegram_api_base_url.replace("/bot", "/file/bot"))
             .rate_limiter(BudgetRateLimiter(self.budget))
             .concurrent_updates(64)
+            # Every call but getUpdates goes through aiohttp: httpx's CPU per message capped paid broadcasts near
+            # 700/s and made every relay dearer (see AiohttpRequest).
+            .request(AiohttpRequest())
         )
-        if settings.telegram_allow_paid_broadcast:
-            from bot.telegram_transport import AiohttpRequest
-
-            # Paid broadcasts run at up to 1000/s; httpx's per-request CPU cost would cap them near 700/s.
-            builder = builder.request(AiohttpRequest())
         if self.webhook_mode:
             builder = builder.updater(None)
         self.application: Application = builder.build()  # type: ignore[type-arg]

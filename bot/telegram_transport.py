@@ -1,26 +1,29 @@
 """How the Telegram front end reaches the Bot API: every request through the bot's flood budget (a
-python-telegram-bot rate limiter), and an aiohttp transport for paid broadcasts, where httpx's CPU cost caps the
-rate."""
+python-telegram-bot rate limiter), over an aiohttp transport, which costs a fraction of httpx's CPU per call."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
+import certifi
+from aiohttp.helpers import get_env_proxy_for_url
 from telegram._utils.defaultvalue import DefaultValue
 from telegram.error import NetworkError, RetryAfter, TimedOut
 from telegram.ext import BaseRateLimiter
 from telegram.request import BaseRequest, RequestData
+from yarl import URL
 
 from core.platform.pacing import BotBudget, current_traffic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 5.0  # connect, read and write, as python-telegram-bot's own httpx request
 MEDIA_WRITE_TIMEOUT = 20.0
 ANSWER_RETRIES = 3  # flood waits a direct answer waits out before the 429 reaches the handler
 
@@ -91,13 +94,16 @@ class BudgetRateLimiter(BaseRateLimiter[int]):
 class AiohttpRequest(BaseRequest):
     """python-telegram-bot's BaseRequest over one aiohttp session.
 
-    httpx spends about 1.3 ms of CPU per message here, which holds one process near 700 messages/s; Telegram's
-    paid broadcasts allow 1000/s, so the bot uses this transport when TELEGRAM_ALLOW_PAID_BROADCAST is on."""
+    httpx spends about 1.3 ms of CPU per message here, which holds one process near 700 messages/s where Telegram's
+    paid broadcasts allow 1000/s; a backlog of relays sent at 30/s cost `cumapp run` 7.1-7.9 ms of CPU per relay
+    on httpx and 5.4-6.5 ms on this (bench/process_hot_paths.py, "drain"). getUpdates (polling mode) keeps
+    python-telegram-bot's own httpx request, with its long-poll timeouts."""
 
     def __init__(self, connections: int = 256, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._connections = connections
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
     @property
     def read_timeout(self) -> float | None:
@@ -105,8 +111,10 @@ class AiohttpRequest(BaseRequest):
 
     async def initialize(self) -> None:
         if self._session is None:
+            # As httpx did: certifi's CA bundle (and HTTPS_PROXY, see _proxy_for).
+            tls = ssl.create_default_context(cafile=certifi.where())
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections),
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=tls),
                 headers={"User-Agent": self.USER_AGENT},
             )
 
@@ -114,6 +122,18 @@ class AiohttpRequest(BaseRequest):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _proxy_for(self, url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """HTTPS_PROXY/NO_PROXY for the url's host, read once per host: aiohttp's own trust_env reads them, and
+        ~/.netrc, in a worker thread on every request, two thread hops per message."""
+        target = URL(url)
+        key = (target.scheme, target.host or "")
+        if key not in self._proxies:
+            try:
+                self._proxies[key] = get_env_proxy_for_url(target)
+            except LookupError:
+                self._proxies[key] = (None, None)
+        return self._proxies[key]
 
     def _seconds(self, value: Any, default: float) -> float | None:
         return default if isinstance(value, DefaultValue) else value
@@ -148,7 +168,10 @@ class AiohttpRequest(BaseRequest):
             sock_read=None if read is None or write is None else read + write,
         )
         try:
-            async with self._session.request(method, url, data=data, timeout=timeout) as response:
+            proxy, proxy_auth = self._proxy_for(url)
+            async with self._session.request(
+                method, url, data=data, timeout=timeout, proxy=proxy, proxy_auth=proxy_auth
+            ) as response:
                 return response.status, await response.read()
         except TimeoutError as error:
             raise TimedOut from error

@@ -67,6 +67,7 @@ class OutboxDispatcher:
         self.metrics = metrics
         self.batch_size = batch_size
         self.concurrency = concurrency
+        self._claim_chunk = min(batch_size, max(1, concurrency // 2))
         self.claim_seconds = claim_seconds
         self.on_parked = on_parked
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -269,6 +270,11 @@ class OutboxDispatcher:
             # Without our liveness lock a claim would look like a dead instance's to the others: record only.
             room = self.concurrency - len(self._in_flight) - self._reserved
             limit = min(self.batch_size, room) if self.liveness.alive else 0
+            if self._in_flight and limit < self._claim_chunk:
+                # Sends are still queued for the flood budget: a claim now would fetch one delivery per completed
+                # send, and each claim reads the whole backlog. Claimed once half the slots are free, the budget
+                # still has the other half to send meanwhile.
+                limit = 0
             try:
                 claimed = await self._cycle(limit) if limit > 0 or self._done else []
                 failures = 0

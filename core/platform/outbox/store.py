@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from core.models import ChatIdentity, OutboxDelivery
-from core.platform import bulk
+from core.platform import bulk, driver_sql
 from core.platform.clock import utcnow
 from core.platform.db import Database, dialect_insert
 from core.platform.outbox.liveness import InstanceLiveness
@@ -422,9 +422,10 @@ async def claim(
 
 @functools.cache
 def _record_check(lock_rows: bool) -> Any:
+    # lock_rows is PostgreSQL's case: the ids as one array, and the statement run by asyncpg (driver_sql).
     check = (
         select(OutboxDelivery.id, OutboxDelivery.attempts, OutboxDelivery.state)
-        .where(OutboxDelivery.id.in_(bindparam("b_ids", expanding=True)))
+        .where(driver_sql.in_array(OutboxDelivery.id, "b_ids", lock_rows))
         .order_by(OutboxDelivery.id)
     )
     return check.with_for_update() if lock_rows else check
@@ -457,7 +458,7 @@ async def record(
     # Held to the commit with lock_rows, so no recovery or claim elsewhere slips between this check and the writes.
     check = _record_check(lock_rows)
     ids = sorted({outcome.delivery.id for outcome in outcomes})
-    current = {row.id: (row.attempts, row.state) for row in await session.execute(check, {"b_ids": ids})}
+    current = {row.id: (row.attempts, row.state) for row in await driver_sql.fetch(session, check, {"b_ids": ids})}
     applied: list[Outcome] = []
     for outcome in outcomes:
         attempts, state = current.get(outcome.delivery.id, (None, None))
@@ -475,7 +476,7 @@ async def record(
         for o in applied if o.state == "sent"
     ]
     if sent:
-        await session.execute(_record_update("sent"), sent)
+        await driver_sql.execute_many(session, _record_update("sent"), sent)
         for kind, hook in SENT_HOOKS.items():
             delivered = [(o.delivery, o.at) for o in applied if o.state == "sent" and o.delivery.kind == kind]
             if delivered:
@@ -488,12 +489,12 @@ async def record(
         for o in applied if o.state == "pending"
     ]
     if retries:
-        await session.execute(_record_update("pending"), retries)
+        await driver_sql.execute_many(session, _record_update("pending"), retries)
     parked = [
         {"b_id": o.delivery.id, "b_error": clip(o.error, _LAST_ERROR_MAX)} for o in applied if o.state == "parked"
     ]
     if parked:
-        await session.execute(_record_update("parked"), parked)
+        await driver_sql.execute_many(session, _record_update("parked"), parked)
     for outcome in applied:
         if outcome.blocked:
             await session.execute(

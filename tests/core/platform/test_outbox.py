@@ -34,6 +34,7 @@ from core.platform.outbox import (
     outbox_health,
     wake,
 )
+from core.platform.pacing import BotBudget, paced
 from tests.fakes.chat_sender import RecordingSender, rate_limited, server_error
 
 
@@ -508,6 +509,33 @@ async def test_priority_first_but_never_ahead_of_its_own_chat(db: Database) -> N
         pass
     assert sender.texts() == ["b1", "a1", "a2", "a3"]
     assert {low_first, low_second, urgent, late_urgent} == set(await _rows(db))
+
+
+async def test_a_paced_backlog_is_claimed_in_chunks_not_once_per_finished_send(db: Database) -> None:
+    """Each claim reads the whole backlog. While the flood budget lets one send out at a time, a claim after
+    every finished send would fetch one delivery each time; the dispatcher claims once half its slots are free."""
+    chats = [str(n) for n in range(80)]
+    ids = [i for chat in chats for i in await _enqueue(db, chat, [f"m{chat}"])]
+    sender = RecordingSender()
+    claims: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE outbox_deliveries") and "attempts + " in statement:
+            claims.append(1)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    # 200 messages a second: the sends finish one by one, 5 ms apart, as Telegram's 30/s would space them.
+    budget = BotBudget(200.0)
+    dispatcher = OutboxDispatcher(db, {"telegram": paced(sender, budget)}, concurrency=8, batch_size=50)
+    try:
+        async with _running(dispatcher):
+            await _wait_rows(db, lambda rows: all(rows[i].state == "sent" for i in ids))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert sorted(sender.texts()) == sorted(f"m{chat}" for chat in chats)
+    # 8 at first, then 4 each time half the slots are free: 19 claims, and a few more (finding nothing) once the
+    # backlog is gone. One claim per finished send made 43 on PostgreSQL.
+    assert len(claims) <= 30, len(claims)
 
 
 # --- Stopping and crashing --------------------------------------------------------------------------------------

@@ -155,6 +155,9 @@ class AiohttpRequest(BaseRequest):
         if request_data is not None:
             if files:
                 form = aiohttp.FormData()
+                # The files are only the file parts: every other parameter (chat_id, caption, ...) is a field too.
+                for name, field in request_data.json_parameters.items():
+                    form.add_field(name, field)
                 for name, value in request_data.multipart_data.items():
                     filename, content, mime = value if isinstance(value, tuple) else (None, value, None)
                     form.add_field(name, content, filename=filename, content_type=mime)

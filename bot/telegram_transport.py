@@ -24,7 +24,6 @@ from core.platform.pacing import BotBudget, current_traffic
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0  # connect, read and write, as python-telegram-bot's own httpx request
-MEDIA_WRITE_TIMEOUT = 20.0
 ANSWER_RETRIES = 3  # flood waits a direct answer waits out before the 429 reaches the handler
 
 
@@ -164,11 +163,11 @@ class AiohttpRequest(BaseRequest):
                 data = form
             else:
                 data = request_data.json_parameters
-        read = self._seconds(read_timeout, self._timeout)
-        write = self._seconds(write_timeout, MEDIA_WRITE_TIMEOUT if files else self._timeout)
+        # aiohttp starts the read timeout once the body is written, as httpx's read timeout: an answer that does
+        # not come within it (Telegram hanging) fails the send in 5 s, and the outbox retries it.
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._seconds(connect_timeout, self._timeout),
-            sock_read=None if read is None or write is None else read + write,
+            sock_read=self._seconds(read_timeout, self._timeout),
         )
         try:
             proxy, proxy_auth = self._proxy_for(url)

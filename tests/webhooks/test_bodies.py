@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from hypothesis import given, settings
@@ -29,6 +29,7 @@ from webhooks.bodies import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
     BadBody,
+    _form_pairs,
     json_depth_exceeds,
     parse_form,
     parse_json,
@@ -82,6 +83,24 @@ def test_parse_form_returns_fields_or_refuses_with_400_or_413(raw: bytes, charse
         parse_form(raw, charset)
     except BadBody as error:
         assert error.status in (400, 413)
+
+
+form_text = st.text(st.sampled_from("ab=&+% 2E9CFé\u00ff\u20ac") | st.characters(codec="utf-8"), max_size=60)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=form_text | mappings.map(urlencode), encoding=st.sampled_from(["utf-8", "latin-1"]))
+def test_form_pairs_are_what_parse_qsl_gives(text: str, encoding: str) -> None:
+    try:
+        expected: list[tuple[str, str]] | type[Exception] = parse_qsl(
+            text, keep_blank_values=True, encoding=encoding, errors="strict")
+    except UnicodeError:
+        expected = UnicodeError
+    if expected is UnicodeError:
+        with pytest.raises(UnicodeError):
+            _form_pairs(text, encoding)
+    else:
+        assert _form_pairs(text, encoding) == expected
 
 
 def test_json_limits() -> None:

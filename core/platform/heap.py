@@ -11,7 +11,8 @@ advice for servers), so a full collection walks only what was made since: a few 
 
 A young collection ran every 700 new objects, CPython's default: under a burst of webhooks every few requests,
 each finding most of what it walked still in use by a request in flight. At 20,000 it runs a few times a second
-and walks 20,000 objects (well under a millisecond); the ingestion benchmark used 8% less CPU per SMS.
+and walks 20,000 objects (well under a millisecond); the ingestion benchmark, one run each: 0.73 ms of CPU
+per SMS against 0.79 ms.
 """
 
 from __future__ import annotations

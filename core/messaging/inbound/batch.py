@@ -1,8 +1,8 @@
 """The group commit for inbound SMS: what store_inbound does for one SMS, done for many with one statement per
-step instead of one per SMS. On PostgreSQL a batch is six round trips: BEGIN, the owners with their chats and
-threads, the messages with their threads' unread counts, the API events, the relays, COMMIT (and two more when
-new senders need threads). Each waits for the event loop's turn through the webhooks filling the next batch:
-under a burst a batch of 24 took 20 ms with eight round trips, about 4 ms of it CPU (docs/PERFORMANCE.md)."""
+step instead of one per SMS. On PostgreSQL a batch is seven round trips: BEGIN, the owners with their chats and
+threads, the messages, the API events, the relays, the threads' unread counts, COMMIT (and two more when new
+senders need threads). Each waits for the event loop's turn through the webhooks filling the next batch: under a
+burst a batch of 24 took 20 ms with eight round trips, about 4 ms of it CPU (docs/PERFORMANCE.md)."""
 
 from __future__ import annotations
 
@@ -167,14 +167,11 @@ async def _store_owned(
         conversations.update(await _conversations_for(session, missing))
     now = utcnow()
     rows = []
-    unblocked: set[int] = set()
     for index in owned:
         sms, owner = batch[index].sms, owners[batch[index].sms.to_e164]
-        conversation = conversations[(owner.id, sms.from_e164)]
-        rows.append(inbound_row(sms, owner.user_id, conversation.id, batch[index].received_at, now))
-        if not conversation.blocked:
-            unblocked.add(conversation.id)
-    inserted, counted = await _insert_messages(session, rows, sorted(unblocked))
+        conversation_id = conversations[(owner.id, sms.from_e164)].id
+        rows.append(inbound_row(sms, owner.user_id, conversation_id, batch[index].received_at, now))
+    inserted = await _insert_messages(session, rows)
     unread: dict[int, list[Any]] = {}
     relays: list[Relay] = []
     events: list[tuple[int, str, dict[str, Any], str]] = []
@@ -215,49 +212,33 @@ async def _store_owned(
             owner.user_id, message_id=message_id, conversation_id=conversation.id, from_e164=item.sms.from_e164,
             to_e164=item.sms.to_e164, text_=item.sms.body, received_at=item.received_at,
         ))
-    if unread and not counted:
-        # Sorted, so two writers (two instances) always lock conversations in the same order.
-        await driver_sql.execute_many(
-            session, unread_update(), [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
-        )
     # One statement for the batch's message.received events, not one per SMS.
     await api_events.record_many(session, events)
     if relays:
         await enqueue_relays(session, relays, chats)
+    if unread:
+        # Last before COMMIT: the threads' rows stay locked from here to the commit, and a batch of another
+        # instance with an SMS in one of them waits that long. Sorted, so two writers always lock them in the
+        # same order.
+        await driver_sql.execute_many(
+            session, unread_update(), [{"b_id": cid, "b_count": n, "b_at": at} for cid, (n, at) in sorted(unread.items())]
+        )
 
 
-# With the messages' INSERT, in the same round trip: the unread count of each thread that got a message and is not
-# blocked, raised by the messages inserted (a retried SMS left out by the conflict is not counted), and its last
-# message time set. The threads are updated in id order, as the executemany's sorted parameters did, so two writers
-# lock them in the same order. $n is the parameter after the columns' arrays: the threads that are not blocked.
-_COUNT_UNREAD = (
-    ", counted AS (UPDATE conversations AS c SET unread_count = c.unread_count + x.n, last_message_at = x.at"
-    " FROM (SELECT conversation_id, count(*) AS n, max(received_at) AS at FROM added"
-    " WHERE conversation_id = ANY(${n}::integer[]) GROUP BY conversation_id ORDER BY conversation_id) AS x"
-    " WHERE c.id = x.conversation_id)"
-    " SELECT id, provider, provider_message_id FROM added"
-)
-
-
-async def _insert_messages(
-    session: AsyncSession, rows: list[dict[str, Any]], unblocked: list[int]
-) -> tuple[dict[tuple[str, str], int], bool]:
-    """The id of each message row inserted, by (provider, provider message id), a duplicate left out; and whether
-    the unread counts of the `unblocked` threads were raised with them (on PostgreSQL, in the same statement)."""
+async def _insert_messages(session: AsyncSession, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """The id of each message row inserted, by (provider, provider message id); a duplicate is left out."""
     driver = await bulk.driver_connection(session)
     if driver is not None:
-        columns = bulk.columns_of(rows)
         statement = bulk.unnest_insert(
-            Message.__table__, columns, ("provider", "provider_message_id"),
-            ("id", "provider", "provider_message_id", "conversation_id", "received_at"), session.bind.dialect,
-            _COUNT_UNREAD.format(n=len(columns) + 1),
+            Message.__table__, bulk.columns_of(rows), ("provider", "provider_message_id"),
+            ("id", "provider", "provider_message_id"), session.bind.dialect,
         )
-        return {(row[1], row[2]): row[0] for row in await statement.fetch(driver, rows, unblocked)}, True
+        return {(row[1], row[2]): row[0] for row in await statement.fetch(driver, rows)}
     connection = await session.connection()
     return {
         (row.provider, row.provider_message_id): row.id
         for row in (await connection.execute(message_insert(session.bind.dialect.name), rows)).all()
-    }, False
+    }
 
 
 async def _conversations_for(session: AsyncSession, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Any]:

@@ -10,7 +10,6 @@ store (NUL characters, lone surrogates) is refused here too. A refusal is a `Bad
 from __future__ import annotations
 
 import codecs
-import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -128,22 +127,17 @@ def parse_form(raw: bytes, charset: str | None = None) -> MultiDictProxy[str]:
     signatures computed over the fields come out the same."""
     if raw.count(b"&") >= MAX_FORM_FIELDS:
         raise BadBody(413, f"form with more than {MAX_FORM_FIELDS} fields")
-    encoding = _known_encoding(charset or "utf-8")
+    encoding = charset or "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        _malformed("form in an unknown charset")
     try:
         pairs = _form_pairs(raw.rstrip().decode(encoding), encoding)
     except (UnicodeError, ValueError):
         _malformed(f"form that is not {encoding}")
     check_text(item for pair in pairs for item in pair)
     return MultiDictProxy(MultiDict(pairs))
-
-
-@functools.lru_cache(maxsize=16)
-def _known_encoding(name: str) -> str:
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        _malformed("form in an unknown charset")
-    return name
 
 
 def _form_pairs(text: str, encoding: str) -> list[tuple[str, str]]:

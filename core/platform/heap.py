@@ -27,7 +27,7 @@ YOUNG_THRESHOLD = 20_000  # new objects between young collections (CPython's def
 
 
 def freeze_startup_heap() -> None:
-    """Collect once, then keep everything that survived out of later collections."""
+    """Collect once, keep everything that survived out of later collections, and space young collections out."""
     started = time.perf_counter()
     gc.collect()
     gc.freeze()

@@ -33,7 +33,9 @@ class JsonFormatter(logging.Formatter):
 
 
 _PLAIN = frozenset({str, int, float, bool})
-_second: list[Any] = [None, ""]  # the last second formatted: a busy server logs many lines within each
+# The last second formatted, as one tuple so that a thread reads a second and its text together: a busy server
+# logs many lines within each.
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _utc_time(created: float) -> str:
@@ -41,9 +43,11 @@ def _utc_time(created: float) -> str:
     fraction, whole = math.modf(created)
     micros = round(fraction * 1e6)  # as datetime.fromtimestamp rounds
     second, milli = int(whole) + micros // 1_000_000, micros % 1_000_000 // 1000
-    if _second[0] != second:
-        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second[1]}.{milli:03d}+00:00"
+    global _last_second
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{milli:03d}+00:00"
 
 
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:

@@ -249,21 +249,56 @@ async def record_many(
     return written
 
 
+def prepared(
+    events: Sequence[tuple[int, str, dict[str, Any], str]], ids: Sequence[int], now: datetime
+) -> list[Event]:
+    """`record_many`'s events with ids taken from the table's sequence beforehand (`ids`, one each, in order), for
+    a statement that writes them with what they depend on (the inbound group commit on PostgreSQL)."""
+    for _user_id, type_, _data, _key in events:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}")
+    return [Event(id=event_id, user_id=user_id, type=type_, created_at=now, data=data)
+            for (user_id, type_, data, _key), event_id in zip(events, ids, strict=True)]
+
+
+def event_row(recorded: Event, dedupe_key: str) -> dict[str, Any]:
+    """The ApiEvent columns of a prepared event."""
+    return {"id": recorded.id, "user_id": recorded.user_id, "type": recorded.type, "data": recorded.data,
+            "dedupe_key": dedupe_key, "created_at": recorded.created_at}
+
+
+def delivery_rows(session: AsyncSession, recorded: Event, endpoints: list[int]) -> list[dict[str, Any]]:
+    """The outbox rows (for outbox.enqueue_many) that POST the event to each of the account's endpoints."""
+    if not endpoints:
+        return []
+    payload = outbox.OutgoingMessage(text=recorded.body()).to_payload()
+    now, origin = utcnow(), outbox.origin_of(session)
+    return [
+        outbox.delivery_row(
+            user_id=recorded.user_id, platform=DELIVERY_PLATFORM, chat_id=str(endpoint_id), kind=DELIVERY_KIND,
+            payload=payload, dedupe_key=f"evt:{recorded.id}:{endpoint_id}", priority=0, source_received_at=None,
+            now=now, origin=origin,
+        )
+        for endpoint_id in endpoints
+    ]
+
+
 async def _deliver_and_publish(session: AsyncSession, recorded: Event, endpoints: list[int]) -> None:
     """Queue the event's webhook deliveries in the caller's transaction, and publish it after the commit."""
-    if endpoints:
-        message = outbox.OutgoingMessage(text=recorded.body())
-        for endpoint_id in endpoints:
-            await outbox.enqueue(
-                session, platform=DELIVERY_PLATFORM, chat_id=str(endpoint_id), kind=DELIVERY_KIND,
-                message=message, user_id=recorded.user_id, dedupe_key=f"evt:{recorded.id}:{endpoint_id}",
-            )
+    rows = delivery_rows(session, recorded, endpoints)
+    if rows:
+        await outbox.enqueue_many(session, rows)
+    publish_after_commit(session, [recorded])
+
+
+def publish_after_commit(session: AsyncSession, events: list[Event]) -> None:
+    """Hand `events` to the in-process publishers (the WebSocket hub) once the session's transaction commits."""
     sync = session.sync_session
     if not sync.info.get(_INFO_HOOKED):
         sync.info[_INFO_HOOKED] = True
         event.listen(sync, "after_commit", _after_commit)
         event.listen(sync, "after_rollback", _after_rollback)
-    sync.info.setdefault(_INFO_PENDING, []).append(recorded)
+    sync.info.setdefault(_INFO_PENDING, []).extend(events)
 
 
 def from_row(row: ApiEvent) -> Event:

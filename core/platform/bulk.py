@@ -21,10 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @dataclass(frozen=True)
-class UnnestInsert:
-    """`INSERT INTO table (columns) SELECT * FROM unnest($1::type[], …) ON CONFLICT … DO NOTHING RETURNING …`."""
+class Arrays:
+    """Rows sent as one array per column: which columns, and each one's bind processor."""
 
-    sql: str
     columns: tuple[str, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
 
@@ -36,10 +35,40 @@ class UnnestInsert:
             arrays.append(values if process is None else [None if v is None else process(v) for v in values])
         return arrays
 
+
+@dataclass(frozen=True)
+class UnnestInsert(Arrays):
+    """`INSERT INTO table (columns) SELECT * FROM unnest($1::type[], …) ON CONFLICT … DO NOTHING RETURNING …`."""
+
+    sql: str
+
     async def fetch(self, connection: Any, rows: Sequence[Mapping[str, Any]], *extra: Any) -> list[Any]:
         """The rows (asyncpg Records) the statement returns for the rows inserted; `connection` is the asyncpg
         connection, `extra` the parameters after the columns' arrays that a suffix uses."""
         return list(await connection.fetch(self.sql, *self.arrays(rows), *extra))
+
+
+@functools.cache
+def unnest_source(
+    table: Table, columns: tuple[str, ...], dialect: Dialect, first: int = 1, extra: tuple[tuple[str, str], ...] = ()
+) -> tuple[str, Arrays]:
+    """`unnest($first::type[], …) AS u(columns…)` of `columns` of `table`, then of the `extra` (name, SQL type)
+    columns that are no column of it (a key to filter the rows by, say), and how the rows become its arrays."""
+    # Python-side defaults are the ORM's and Core's to fill in, not unnest's: every column that has one must be given.
+    missing = [c.name for c in table.columns if c.name not in columns and c.default is not None]
+    if missing:
+        raise ValueError(f"unnest into {table.name} needs values for {', '.join(missing)}")
+    casts = []
+    processors: list[Callable[[Any], Any] | None] = []
+    for index, name in enumerate(columns, start=first):
+        column = table.c[name]
+        casts.append(f"${index}::{column.type.compile(dialect)}[]")
+        processors.append(column.type.dialect_impl(dialect).bind_processor(dialect))
+    for index, (_name, sql_type) in enumerate(extra, start=first + len(columns)):
+        casts.append(f"${index}::{sql_type}[]")
+        processors.append(None)
+    names = (*columns, *(name for name, _type in extra))
+    return f"unnest({', '.join(casts)}) AS u({', '.join(names)})", Arrays(names, tuple(processors))
 
 
 @functools.cache
@@ -50,24 +79,13 @@ def unnest_insert(
     """The statement for `columns` of `table`, rows conflicting on `conflict` left out; `suffix` is SQL that
     reads the inserted rows from a CTE named `added` (default: `SELECT` the `returning` columns); its own
     parameters are numbered from len(columns) + 1."""
-    # Python-side defaults are the ORM's and Core's to fill in, not unnest's: every column that has one must be given.
-    missing = [c.name for c in table.columns if c.name not in columns and c.default is not None]
-    if missing:
-        raise ValueError(f"unnest_insert into {table.name} needs values for {', '.join(missing)}")
-    casts = []
-    processors = []
-    for index, name in enumerate(columns, start=1):
-        column = table.c[name]
-        casts.append(f"${index}::{column.type.compile(dialect)}[]")
-        implementation = column.type.dialect_impl(dialect)
-        processors.append(implementation.bind_processor(dialect))
-    names = ", ".join(columns)
+    source, arrays = unnest_source(table, columns, dialect)
     insert = (
-        f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({', '.join(casts)}) "
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source} "
         f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING RETURNING {', '.join(returning)}"
     )
     sql = f"WITH added AS ({insert}) {suffix or 'SELECT ' + ', '.join(returning) + ' FROM added'}"
-    return UnnestInsert(sql, columns, tuple(processors))
+    return UnnestInsert(arrays.columns, arrays.processors, sql)
 
 
 def columns_of(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
@@ -78,12 +96,17 @@ def columns_of(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     return columns
 
 
-async def driver_connection(session: AsyncSession) -> Any | None:
-    """The asyncpg connection under the session's transaction on PostgreSQL; None on SQLite."""
+async def driver_connection(session: AsyncSession, *, begin: bool = True) -> Any | None:
+    """The asyncpg connection under the session's transaction on PostgreSQL; None on SQLite.
+
+    With `begin` False, the transaction is not begun if it was not yet: what runs on the connection then commits
+    on its own (a read, or one statement that is a whole write), until something begins it."""
     connection = await session.connection()
     if connection.dialect.name != "postgresql":
         return None
     raw = await connection.get_raw_connection()
+    if not begin:
+        return raw.driver_connection
     adapted = raw.dbapi_connection
     # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs itself: a statement sent
     # straight to asyncpg before any would run outside the transaction and stay when the transaction rolls back.

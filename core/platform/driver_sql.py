@@ -84,9 +84,10 @@ def driver_statement(statement: Any, dialect: Dialect) -> DriverStatement:
     return DriverStatement(compiled.string, names, fixed, processors, row, results)
 
 
-async def fetch(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
-    """The rows of `statement` in the session's transaction: by asyncpg on PostgreSQL, by SQLAlchemy on SQLite."""
-    driver = await driver_connection(session)
+async def fetch(session: AsyncSession, statement: Any, params: Mapping[str, Any], *, begin: bool = True) -> list[Any]:
+    """The rows of `statement` in the session's transaction: by asyncpg on PostgreSQL, by SQLAlchemy on SQLite.
+    `begin` False: on PostgreSQL, outside the transaction when it has not begun yet (see `driver_connection`)."""
+    driver = await driver_connection(session, begin=begin)
     if driver is not None:
         return await driver_statement(statement, session.bind.dialect).fetch(driver, params)
     return list((await (await session.connection()).execute(statement, dict(params))).all())

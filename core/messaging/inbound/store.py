@@ -205,7 +205,13 @@ async def enqueue_relays(session: AsyncSession, relays: list[Relay], chats: Chat
     """outbox.enqueue_for_user(express=True) for one or many relays, to the chats the owners' query found
     (`add_chat`), in one statement: the first relay to a chat with nothing waiting is claimed for this process's
     dispatcher and sent at commit."""
-    rows: list[dict[str, Any]] = []
+    await outbox.enqueue_many(session, [row for _message_id, row in relay_rows(session, relays, chats)])
+
+
+def relay_rows(session: AsyncSession, relays: list[Relay], chats: Chats) -> list[tuple[int, dict[str, Any]]]:
+    """The outbox rows of `enqueue_relays`, each with its message's id, for outbox.enqueue_many or a statement of
+    the caller's."""
+    rows: list[tuple[int, dict[str, Any]]] = []
     now = utcnow()
     origin = outbox.origin_of(session)
     queued: set[tuple[str, str]] = set()  # chats this batch has queued a relay for already
@@ -224,5 +230,5 @@ async def enqueue_relays(session: AsyncSession, relays: list[Relay], chats: Chat
             if not busy and (platform, chat_id) not in queued and (claim := outbox.express_claim(session, platform)):
                 row.update(claim.columns())
             queued.add((platform, chat_id))
-            rows.append(row)
-    await outbox.enqueue_many(session, rows)
+            rows.append((message_id, row))
+    return rows

@@ -131,6 +131,13 @@ async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dic
         # An executemany that SQLAlchemy sends as one multi-row INSERT (insertmanyvalues) from one statement.
         connection = await session.connection()
         added = {row.dedupe_key: row.id for row in await connection.execute(_insert_many(session.bind.dialect.name), rows)}
+    await enqueued(session, rows, added)
+    return added
+
+
+async def enqueued(session: AsyncSession, rows: list[dict[str, Any]], added: dict[str, int]) -> None:
+    """After `rows` were inserted, `added` the id of each one added by its dedupe key (by enqueue_many, or by a
+    caller's own statement): the express-claimed ones are handed to the dispatcher at commit, the others wake it."""
     claimed = [
         OutboxDelivery(id=added[row["dedupe_key"]], **row)
         for row in rows if row.get("state") == "sending" and row["dedupe_key"] in added
@@ -138,7 +145,6 @@ async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> dic
     hand_over(session, claimed)
     if len(claimed) < len(added):
         await arrange_wake(session)
-    return added
 
 
 def delivery_row(

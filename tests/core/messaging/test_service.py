@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.messaging.errors import InvalidNumber, MessagingError, ProviderRefused
+from core.messaging.inbound import at_once
 from core.messaging.service import MessagingService, build_messaging_service
 from core.models import (
     ApiEvent,
@@ -653,6 +655,61 @@ async def test_concurrent_inbound_is_grouped_and_keeps_every_rule(db: Database) 
     assert [e.data["text"] for e in events[1:]] == [f"burst {i}" for i in range(10)] + ["STOP"]
     webhook = await deliveries(db, "api_event")
     assert [d.dedupe_key for d in webhook] == [f"evt:{e.id}:{endpoint_id}" for e in events[1:]]
+
+
+async def test_a_burst_without_keywords_is_written_at_once_and_keeps_every_rule(db: Database) -> None:
+    """With no STOP or START in it, a batch is written in one statement on PostgreSQL (at_once), which must keep
+    what the statement-per-step path keeps: a retried webhook's SMS stored before is a duplicate with nothing
+    relayed, counted or sent to integrators again, and a blocked sender's texts are stored only."""
+    user = await new_user(db, "1")
+    await new_user(db, "9", role="admin")
+    own = await give_number(db, user.id, "+12125550100")
+    statements = at_once._statement.cache_info()
+    async with twilio_service(db) as (service, _fake):
+        first = await service.receive_inbound(inbound(own.e164, OUTSIDE_2, "before the block", sid="PRE"))
+        assert first.conversation_id is not None
+        await service.block(user.id, first.conversation_id)
+        earlier = await service.receive_inbound(inbound(own.e164, OUTSIDE, "stored before", sid="RETRY"))
+        async with db.transaction() as session:
+            endpoint = ApiWebhookEndpoint(user_id=user.id, url="https://hooks.example/cumapp", secret="s")
+            session.add(endpoint)
+            session.add(ApiWebhookEndpoint(user_id=user.id, url="https://hooks.example/old", secret="s",
+                                           deleted_at=utcnow()))
+            await session.flush()
+            endpoint_id = endpoint.id
+        sizes = batch_sizes(service)
+        sms = [inbound(own.e164, OUTSIDE, f"burst {i}", sid=f"BURST{i}") for i in range(8)]
+        sms += [inbound(own.e164, OUTSIDE, "burst 3", sid="BURST3"), inbound(own.e164, OUTSIDE, "stored before", sid="RETRY")]
+        sms += [inbound(own.e164, OUTSIDE_2, f"spam {i}", sid=f"SPAM{i}") for i in range(2)]
+        sms += [inbound(own.e164, OUTSIDE_2, "before the block", sid="PRE")]
+        sms += [inbound("+13125550000", OUTSIDE, "nobody's", sid="LOST1")]
+        outcomes = await asyncio.gather(*(service.submit_inbound(s) for s in sms))
+    assert max(sizes) > 1, sizes
+    if db.engine.dialect.name == "postgresql":
+        grew = at_once._statement.cache_info()
+        assert grew.hits + grew.misses > statements.hits + statements.misses
+    assert [o.outcome for o in outcomes] == (
+        ["relayed"] * 8 + ["duplicate"] * 2 + ["blocked"] * 2 + ["duplicate", "unknown_destination"]
+    )
+    assert outcomes[9].conversation_id == earlier.conversation_id
+    assert await count(db, Message) == 2 + 8 + 2 + 1
+    relays = await deliveries(db, "sms")
+    assert sorted(d.dedupe_key for d in relays) == sorted(
+        f"sms:{o.message_id}:telegram" for o in [first, earlier, *outcomes[:8]]
+    )
+    async with db.read() as session:
+        threads = {c.remote_e164: c for c in (await session.scalars(select(Conversation))).all()}
+        events = (await session.scalars(select(ApiEvent).order_by(ApiEvent.id))).all()
+    assert threads[OUTSIDE].unread_count == 1 + 8
+    assert threads[OUTSIDE_2].unread_count == 1
+    assert [e.dedupe_key for e in events] == [
+        f"msg:{m}:received" for m in [first.message_id, earlier.message_id, *(o.message_id for o in outcomes[:8])]
+    ]
+    assert [e.data["text"] for e in events[2:]] == [f"burst {i}" for i in range(8)]
+    webhook = await deliveries(db, "api_event")
+    assert [d.dedupe_key for d in webhook] == [f"evt:{e.id}:{endpoint_id}" for e in events[2:]]
+    assert [json.loads(OutgoingMessage.from_payload(d.payload).text)["id"] for d in webhook] == [
+        str(e.id) for e in events[2:]]
 
 
 async def test_a_grouped_burst_reaches_every_reachable_chat_of_each_owner_once(db: Database) -> None:

@@ -215,8 +215,8 @@ async def _store_owned(
         rows.append(inbound_row(sms, owner.user_id, conversation_id, batch[index].received_at, now))
     # At once (PostgreSQL, no keyword): every message is taken to be new, and the statement that writes them
     # leaves out what hangs on one that was not; a keyword changes its thread first, so only for a new message.
-    at_once = taken is not None and not any(_opting(batch[i].sms.body) for i in owned)
-    if at_once:
+    all_at_once = taken is not None and not any(_opting(batch[i].sms.body) for i in owned)
+    if all_at_once:
         assert taken is not None and len(taken.message_ids) >= len(rows)
         for row, message_id in zip(rows, taken.message_ids, strict=False):
             row["id"] = message_id
@@ -262,7 +262,7 @@ async def _store_owned(
             owner.user_id, message_id=message_id, conversation_id=conversation.id, from_e164=item.sms.from_e164,
             to_e164=item.sms.to_e164, text_=item.sms.body, received_at=item.received_at,
         ))
-    if at_once:
+    if all_at_once:
         assert taken is not None
         await _write_at_once(session, rows, relays, events, chats, taken, outcomes, owned)
         return

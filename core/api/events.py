@@ -210,6 +210,12 @@ async def _record_many_sqlite(
     return {row.dedupe_key: int(row.id) for row in added}
 
 
+def _check_types(events: Sequence[tuple[int, str, dict[str, Any], str]]) -> None:
+    for _user_id, type_, _data, _key in events:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}")
+
+
 async def record_many(
     session: AsyncSession, events: Sequence[tuple[int, str, dict[str, Any], str]]
 ) -> list[Event]:
@@ -220,9 +226,7 @@ async def record_many(
     Returns those written; an event whose dedupe key was used already is left out, as `record` does."""
     if not events:
         return []
-    for _user_id, type_, _data, _key in events:
-        if type_ not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type_!r}")
+    _check_types(events)
     now = utcnow()
     rows = [
         {"user_id": user_id, "type": type_, "data": data, "dedupe_key": key, "created_at": now}
@@ -254,9 +258,7 @@ def prepared(
 ) -> list[Event]:
     """`record_many`'s events with ids taken from the table's sequence beforehand (`ids`, one each, in order), for
     a statement that writes them with what they depend on (the inbound group commit on PostgreSQL)."""
-    for _user_id, type_, _data, _key in events:
-        if type_ not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type_!r}")
+    _check_types(events)
     return [Event(id=event_id, user_id=user_id, type=type_, created_at=now, data=data)
             for (user_id, type_, data, _key), event_id in zip(events, ids, strict=True)]
 

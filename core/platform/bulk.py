@@ -53,7 +53,8 @@ def unnest_source(
     table: Table, columns: tuple[str, ...], dialect: Dialect, first: int = 1, extra: tuple[tuple[str, str], ...] = ()
 ) -> tuple[str, Arrays]:
     """`unnest($first::type[], …) AS u(columns…)` of `columns` of `table`, then of the `extra` (name, SQL type)
-    columns that are no column of it (a key to filter the rows by, say), and how the rows become its arrays."""
+    columns that are no column of it (a key to filter the rows by, say), and how the rows become the arrays of
+    `columns`; the caller sends the extra columns' arrays after them."""
     # Python-side defaults are the ORM's and Core's to fill in, not unnest's: every column that has one must be given.
     missing = [c.name for c in table.columns if c.name not in columns and c.default is not None]
     if missing:
@@ -66,9 +67,8 @@ def unnest_source(
         processors.append(column.type.dialect_impl(dialect).bind_processor(dialect))
     for index, (_name, sql_type) in enumerate(extra, start=first + len(columns)):
         casts.append(f"${index}::{sql_type}[]")
-        processors.append(None)
     names = (*columns, *(name for name, _type in extra))
-    return f"unnest({', '.join(casts)}) AS u({', '.join(names)})", Arrays(names, tuple(processors))
+    return f"unnest({', '.join(casts)}) AS u({', '.join(names)})", Arrays(columns, tuple(processors))
 
 
 @functools.cache

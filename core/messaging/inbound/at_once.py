@@ -23,8 +23,7 @@ from core.platform import bulk, outbox
 from core.platform.clock import utcnow
 
 # The column that ties an event or a delivery row to its message: the row is written only if the message was.
-OF_MESSAGE = "of_message"
-_KEYED = ((OF_MESSAGE, "bigint"),)
+_KEYED = (("of_message", "bigint"),)
 EVENT_COLUMNS = ("id", "user_id", "type", "data", "dedupe_key", "created_at")
 # An express claim's columns are laid over a row's own, so every delivery row has these, in this order.
 _DELIVERY_COLUMNS = tuple(outbox.delivery_row(
@@ -49,16 +48,17 @@ class _Statement:
 
 
 @functools.cache
-def _statement(message_columns: tuple[str, ...], delivery_columns: tuple[str, ...], dialect: Dialect) -> _Statement:
+def _statement(message_columns: tuple[str, ...], dialect: Dialect) -> _Statement:
+    delivery_columns = _DELIVERY_COLUMNS
     messages_from, messages = bulk.unnest_source(Message.__table__, message_columns, dialect)
     first = len(messages.columns) + 1
     events_from, events = bulk.unnest_source(ApiEvent.__table__, EVENT_COLUMNS, dialect, first, _KEYED)
-    first += len(events.columns)
+    first += len(events.columns) + 1
     deliveries_from, deliveries = bulk.unnest_source(
         OutboxDelivery.__table__, delivery_columns, dialect, first, _KEYED)
-    first += len(deliveries.columns)
+    first += len(deliveries.columns) + 1
     counted, channel = f"${first}::bigint[]", f"${first + 1}"
-    only_added = f"WHERE u.{OF_MESSAGE} IN (SELECT id FROM added)"
+    only_added = "WHERE u.of_message IN (SELECT id FROM added)"
     sql = (
         f"WITH added AS (INSERT INTO messages ({', '.join(message_columns)}) SELECT * FROM {messages_from} "
         "ON CONFLICT (provider, provider_message_id) DO NOTHING RETURNING id, conversation_id, received_at), "
@@ -82,18 +82,23 @@ def _statement(message_columns: tuple[str, ...], delivery_columns: tuple[str, ..
 
 
 async def write(
-    driver: Any, dialect: Dialect, messages: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],
-    deliveries: Sequence[Mapping[str, Any]], counted: Sequence[int],
+    driver: Any, dialect: Dialect, messages: Sequence[Mapping[str, Any]],
+    events: Sequence[tuple[int, Mapping[str, Any]]], deliveries: Sequence[tuple[int, Mapping[str, Any]]],
+    counted: Sequence[int],
 ) -> Written:
     """Write it all in one statement on the asyncpg connection `driver`: `messages` are Message rows with their
-    ids, `events` (ApiEvent rows) and `deliveries` (outbox rows) each carry OF_MESSAGE, the id of the message it
-    depends on; the unread count of each thread is raised by its messages in `counted` that were added."""
-    delivery_columns = _DELIVERY_COLUMNS
-    if deliveries and bulk.columns_of(deliveries) != (*delivery_columns, OF_MESSAGE):
-        raise ValueError("deliveries must be outbox.delivery_row()s with OF_MESSAGE added")
-    statement = _statement(bulk.columns_of(messages), delivery_columns, dialect)
-    arrays = [array for part, rows in zip(statement.parts, (messages, events, deliveries), strict=True)
-              for array in part.arrays(rows)]
+    ids, `events` (ApiEvent rows) and `deliveries` (outbox.delivery_row()s) come each after the id of the message
+    it depends on; the unread count of each thread is raised by its messages in `counted` that were added."""
+    if deliveries and bulk.columns_of([row for _message_id, row in deliveries]) != _DELIVERY_COLUMNS:
+        raise ValueError("deliveries must be outbox.delivery_row()s")
+    statement = _statement(bulk.columns_of(messages), dialect)
+    messages_part, events_part, deliveries_part = statement.parts
+    arrays = [
+        *messages_part.arrays(messages),
+        *events_part.arrays([row for _message_id, row in events]), [message_id for message_id, _row in events],
+        *deliveries_part.arrays([row for _message_id, row in deliveries]),
+        [message_id for message_id, _row in deliveries],
+    ]
     written = Written(set(), set(), {})
     for part, row_id, key, _notified in await driver.fetch(
             statement.sql, *arrays, list(counted), api_events.NOTIFY_CHANNEL):
@@ -104,4 +109,3 @@ async def write(
         else:
             written.deliveries[key] = row_id
     return written
-

@@ -287,13 +287,14 @@ async def _write_at_once(
     """The messages, events, relays and unread counts in one statement (at_once); then what was not added, a
     message stored by an earlier webhook, is answered as a duplicate."""
     prepared = api_events.prepared(events, taken.event_ids[:len(events)], utcnow())
-    event_rows, deliveries = [], []
-    for recorded, (_user, _type, data, key) in zip(prepared, events, strict=True):
-        message_id = int(data["message_id"])
-        event_rows.append({**api_events.event_row(recorded, key), at_once.OF_MESSAGE: message_id})
-        deliveries += [{**row, at_once.OF_MESSAGE: message_id}
-                       for row in api_events.delivery_rows(session, recorded, taken.endpoints.get(recorded.user_id, []))]
-    deliveries += [{**row, at_once.OF_MESSAGE: message_id} for message_id, row in relay_rows(session, relays, chats)]
+    # A relay and an event for each SMS relayed, in the same order.
+    event_rows: list[tuple[int, dict[str, Any]]] = []
+    deliveries: list[tuple[int, dict[str, Any]]] = []
+    for recorded, (*_event, key), (_user, message_id, _relay, _at) in zip(prepared, events, relays, strict=True):
+        event_rows.append((message_id, api_events.event_row(recorded, key)))
+        deliveries += [(message_id, row) for row in
+                       api_events.delivery_rows(session, recorded, taken.endpoints.get(recorded.user_id, []))]
+    deliveries += relay_rows(session, relays, chats)
     written = await at_once.write(
         await bulk.driver_connection(session, begin=False), session.bind.dialect, rows, event_rows, deliveries,
         [message_id for _user, message_id, _relay, _at in relays],
@@ -302,8 +303,7 @@ async def _write_at_once(
         outcome = outcomes[index]
         if outcome is not None and outcome.message_id is not None and outcome.message_id not in written.messages:
             outcomes[index] = InboundOutcome("duplicate", conversation_id=outcome.conversation_id)
-    await outbox.enqueued(session, [{k: v for k, v in row.items() if k != at_once.OF_MESSAGE} for row in deliveries],
-                          written.deliveries)
+    await outbox.enqueued(session, [row for _message_id, row in deliveries], written.deliveries)
     api_events.publish_after_commit(session, [recorded for recorded in prepared if recorded.id in written.events])
 
 

@@ -56,11 +56,17 @@ def sleeper() -> RecordingSleep:
     return RecordingSleep()
 
 
+# The client's timeout, and how long the timeout tests' fake holds an answer: under a loaded CI machine a worker
+# may stall for a few hundred milliseconds (0.3 s failed a plain retry's request there), so both have room.
+CLIENT_TIMEOUT = 1.0
+HELD = CLIENT_TIMEOUT + 0.5
+
+
 @pytest.fixture
 async def provider(
     fake: FakeTextVerifiedServer, sleeper: RecordingSleep
 ) -> AsyncIterator[TextVerifiedProvider]:
-    tv = TextVerifiedProvider(SecretStr(fake.api_key), fake.username, fake.url, timeout=0.3, sleep=sleeper)
+    tv = TextVerifiedProvider(SecretStr(fake.api_key), fake.username, fake.url, timeout=CLIENT_TIMEOUT, sleep=sleeper)
     yield tv
     await tv.close()
 
@@ -190,8 +196,8 @@ async def test_same_idempotency_key_returns_the_same_verification(
 async def test_create_retried_after_a_timeout_buys_only_once(
     fake: FakeTextVerifiedServer, provider: TextVerifiedProvider
 ) -> None:
-    # The fake does the purchase, then holds the answer past the client's 0.3 s timeout.
-    fake.delay_next("/api/pub/v2/verifications", 0.5, method="POST")
+    # The fake does the purchase, then holds the answer past the client's timeout.
+    fake.delay_next("/api/pub/v2/verifications", HELD, method="POST")
     verification = await provider.create("telegram", "order-3")
     posts = fake.requests_to("/verifications", "POST")
     assert len(posts) == 2
@@ -395,7 +401,7 @@ async def test_timeouts_on_reads_are_retried(
     fake: FakeTextVerifiedServer, provider: TextVerifiedProvider
 ) -> None:
     verification = await provider.create("whatsapp", "order-17")
-    fake.delay_next(f"/verifications/{verification.id}", 0.5, method="GET")
+    fake.delay_next(f"/verifications/{verification.id}", HELD, method="GET")
     assert (await provider.details(verification.id)).id == verification.id
     assert len(fake.requests_to(f"/verifications/{verification.id}", "GET")) == 3  # create's read + 2
 
@@ -404,7 +410,7 @@ async def test_timeouts_on_cancel_are_not_retried(
     fake: FakeTextVerifiedServer, provider: TextVerifiedProvider
 ) -> None:
     verification = await provider.create("whatsapp", "order-18")
-    fake.delay_next("/cancel", 0.5)
+    fake.delay_next("/cancel", HELD)
     with pytest.raises(ProviderTimeout):
         await provider.cancel(verification.id)
     assert len(fake.requests_to("/cancel")) == 1

@@ -32,6 +32,7 @@ from core.messaging.inbound.writer import InboundRelay  # noqa: E402
 from core.platform.clock import utcnow  # noqa: E402
 from core.platform.crypto import Keyring  # noqa: E402
 from core.platform.db import Database  # noqa: E402
+from core.platform.outbox.wake import register_waker  # noqa: E402
 from core.platform.settings import Settings  # noqa: E402
 from core.providers.sms import InboundSms  # noqa: E402
 from tests.faults.fleet import create_database, drop_database, seed  # noqa: E402
@@ -48,6 +49,8 @@ async def main(args: argparse.Namespace) -> None:
         targets = await seed(url, 100)
         db = Database(url, keyring=Keyring([Fernet.generate_key().decode()]))
         relay = InboundRelay(db, Settings(_env_file=None, database_url=url))  # type: ignore[call-arg]
+        # As in `cumapp run`, this process's dispatcher sends what it enqueues (`origin`): no NOTIFY per batch.
+        unregister = register_waker(lambda: None, engine=db.engine.sync_engine, origin=1)
         loop = asyncio.get_running_loop()
         sent = 0
 
@@ -76,6 +79,7 @@ async def main(args: argparse.Namespace) -> None:
               f"wall {wall * 1000 / count:.3f} ms per SMS")
         if profile:
             pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        unregister()
         await db.dispose()
     finally:
         await drop_database(ADMIN_URL, name)

@@ -35,7 +35,6 @@ DELIVERY_PLATFORM = "webhook"
 DELIVERY_KIND = "api_event"
 
 _INFO_PENDING = "cumapp_api_events_pending"
-_INFO_HOOKED = "cumapp_api_events_hooked"
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def register_publisher(publisher: Publisher, *, engine: Engine | None = None) ->
 
 
 def _after_commit(session: Session) -> None:
-    if session.get_nested_transaction() is not None:
+    if _INFO_PENDING not in session.info or session.get_nested_transaction() is not None:
         return
     events: list[Event] = session.info.pop(_INFO_PENDING, [])
     if not events:
@@ -94,8 +93,13 @@ def _after_commit(session: Session) -> None:
 
 
 def _after_rollback(session: Session) -> None:
-    if session.get_nested_transaction() is None:
+    if _INFO_PENDING in session.info and session.get_nested_transaction() is None:
         session.info.pop(_INFO_PENDING, None)
+
+
+# Once for every session (see core.platform.outbox.wake): listening per session cost more than the check.
+event.listen(Session, "after_commit", _after_commit)
+event.listen(Session, "after_rollback", _after_rollback)
 
 
 @functools.cache
@@ -295,12 +299,7 @@ async def _deliver_and_publish(session: AsyncSession, recorded: Event, endpoints
 
 def publish_after_commit(session: AsyncSession, events: list[Event]) -> None:
     """Hand `events` to the in-process publishers (the WebSocket hub) once the session's transaction commits."""
-    sync = session.sync_session
-    if not sync.info.get(_INFO_HOOKED):
-        sync.info[_INFO_HOOKED] = True
-        event.listen(sync, "after_commit", _after_commit)
-        event.listen(sync, "after_rollback", _after_rollback)
-    sync.info.setdefault(_INFO_PENDING, []).extend(events)
+    session.sync_session.info.setdefault(_INFO_PENDING, []).extend(events)
 
 
 def from_row(row: ApiEvent) -> Event:

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "cumapp_outbox"
 
 # Session.info keys; the session lives for one transaction, these for the part of it before the commit.
-_INFO_HOOKED = "cumapp_outbox_hooked"
 _INFO_WAKE = "cumapp_outbox_wake"
 _INFO_NOTIFIED = "cumapp_outbox_notified"
 _INFO_EXPRESS = "cumapp_outbox_express"  # the transaction's _Express
@@ -127,7 +126,6 @@ def express_claim(session: AsyncSession, platform: str) -> ExpressClaim | None:
     claimed_by = taker.reserve(platform)
     if claimed_by is None:
         return None
-    _hook(sync)
     express = sync.info.setdefault(_INFO_EXPRESS, _Express(taker))
     express.slots += 1
     return ExpressClaim(claimed_by, utcnow() + timedelta(seconds=taker.claim_seconds))
@@ -159,7 +157,7 @@ def _take_express(session: Session) -> None:
 def _transaction_end(session: Session, transaction: Any) -> None:
     # Whatever ended the transaction (a commit, a rollback, a commit that failed, the session closed), its
     # reserved slots go back; a slot kept by mistake would shrink the dispatcher for good.
-    if transaction.nested or transaction.parent is not None:
+    if _INFO_EXPRESS not in session.info or transaction.nested or transaction.parent is not None:
         return
     express = session.info.pop(_INFO_EXPRESS, None)
     if express is not None:
@@ -182,6 +180,9 @@ def _root_engine(session: Session) -> Engine | None:
 
 
 def _after_commit(session: Session) -> None:
+    info = session.info
+    if _INFO_WAKE not in info and _INFO_EXPRESS not in info and _INFO_NOTIFIED not in info:
+        return
     # A savepoint's release fires this too; only the real commit makes the rows visible to a dispatcher.
     if session.get_nested_transaction() is not None:
         return
@@ -192,24 +193,26 @@ def _after_commit(session: Session) -> None:
 
 
 def _after_rollback(session: Session) -> None:
+    info = session.info
+    if _INFO_WAKE not in info and _INFO_NOTIFIED not in info:
+        return
     if session.get_nested_transaction() is not None:
         return
     session.info.pop(_INFO_NOTIFIED, None)
     session.info.pop(_INFO_WAKE, None)
 
 
-def _hook(sync: Session) -> None:
-    if not sync.info.get(_INFO_HOOKED):
-        sync.info[_INFO_HOOKED] = True
-        event.listen(sync, "after_commit", _after_commit)
-        event.listen(sync, "after_rollback", _after_rollback)
-        event.listen(sync, "after_transaction_end", _transaction_end)
+# Listened to once for every session, not per session as each transaction began to need them: three listens per
+# transaction were a tenth of the inbound group commit's fixed CPU (docs/perf/process.md). A session with none of
+# our keys in its info returns at the first line.
+event.listen(Session, "after_commit", _after_commit)
+event.listen(Session, "after_rollback", _after_rollback)
+event.listen(Session, "after_transaction_end", _transaction_end)
 
 
 async def arrange_wake(session: AsyncSession) -> None:
     """Wake dispatchers once this transaction commits: in this process by event, elsewhere by NOTIFY."""
     sync = session.sync_session
-    _hook(sync)
     sync.info[_INFO_WAKE] = True
     if session.bind.dialect.name != "postgresql":
         return

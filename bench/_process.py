@@ -69,11 +69,15 @@ class CpuQuota:
     machine with fewer cores than processes (two instances, PostgreSQL and the load client on two here),
     whether instances scale out is otherwise hidden by their fight for the same cores."""
 
-    PERIOD_US = 100_000
+    PERIOD_US = 100_000  # the kernel's default period
 
-    def __init__(self, cores: float, pids: list[int], tag: str) -> None:
+    def __init__(self, cores: float, pids: list[int], tag: str, period_us: int = PERIOD_US) -> None:
         self.cores = cores
         self.pids = pids
+        # Within each period a process runs until its share is spent, then waits for the next period: with 100
+        # ms, 0.4 of a core is 40 ms of work then a 60 ms freeze, every request held meanwhile. A shorter period
+        # makes the same share a steadier, slower core.
+        self.period_us = period_us
         self.groups = [CGROUP_CPU / f"cumapp_bench_{tag}_{n}" for n in range(len(pids))]
 
     @staticmethod
@@ -88,8 +92,8 @@ class CpuQuota:
     def __enter__(self) -> CpuQuota:
         for group, pid in zip(self.groups, self.pids, strict=True):
             group.mkdir(exist_ok=True)
-            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
-            (group / "cpu.cfs_quota_us").write_text(str(int(self.cores * self.PERIOD_US)))
+            (group / "cpu.cfs_period_us").write_text(str(self.period_us))
+            (group / "cpu.cfs_quota_us").write_text(str(int(self.cores * self.period_us)))
             (group / "cgroup.procs").write_text(str(pid))  # its threads, and those it starts later, go too
         return self
 
@@ -171,21 +175,39 @@ class LoadResult:
         return self.ok / self.seconds if self.seconds else 0.0
 
 
+BALANCES = ("round-robin", "least-outstanding")
+
+
 async def closed_loop(http: aiohttp.ClientSession, urls: list[str], hooks: list[SignedWebhook],
-                      concurrency: int) -> LoadResult:
-    """POST every hook with `concurrency` requests in flight, hook i to urls[i % len(urls)] (round robin)."""
+                      concurrency: int, balance: str = "round-robin") -> LoadResult:
+    """POST every hook with `concurrency` requests in flight. `balance` picks the URL as a load balancer in
+    front of several instances would: round robin (hook i to urls[i % len(urls)]), or least outstanding
+    requests (the URL with the fewest in flight, the lowest index on a tie: HAProxy's `leastconn`, nginx's
+    `least_conn`, an AWS ALB's "least outstanding requests")."""
+    if balance not in BALANCES:
+        raise ValueError(f"balance must be one of {BALANCES}")
     queue = iter(enumerate(hooks))
     result = LoadResult(sent=len(hooks), ok=0, seconds=0.0)
+    in_flight = [0] * len(urls)
+
+    def pick(index: int) -> int:
+        if balance == "round-robin":
+            return index % len(urls)
+        return min(range(len(urls)), key=in_flight.__getitem__)
 
     async def worker() -> None:
         for index, hook in queue:
             started = time.monotonic()
+            target = pick(index)
+            in_flight[target] += 1
             try:
-                async with http.post(urls[index % len(urls)], data=hook.params, headers=hook.headers) as response:
+                async with http.post(urls[target], data=hook.params, headers=hook.headers) as response:
                     await response.read()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError):
                 status = 0
+            finally:
+                in_flight[target] -= 1
             result.answer_ms.append((time.monotonic() - started) * 1000)
             result.statuses[status] += 1
             result.by_index[index] = status
@@ -199,11 +221,11 @@ async def closed_loop(http: aiohttp.ClientSession, urls: list[str], hooks: list[
 
 
 async def closed_loop_elsewhere(urls: list[str], fleet: BenchFleet, first: int, total: int,
-                                concurrency: int) -> LoadResult:
+                                concurrency: int, balance: str = "round-robin") -> LoadResult:
     """closed_loop in a child process, so the load client does not share this process (and the fake Bot API's
     event loop) with anything: the same client for our endpoint and the bare one."""
     job = {"urls": urls, "run": fleet.run, "targets": [number for number, _ in fleet.targets], "first": first,
-           "total": total, "concurrency": concurrency}
+           "total": total, "concurrency": concurrency, "balance": balance}
     child = await asyncio.create_subprocess_exec(
         sys.executable, _HERE, "--load", cwd=str(ROOT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
@@ -225,7 +247,7 @@ async def _load(job: dict[str, Any]) -> None:
         for i in range(job["first"], job["first"] + job["total"])
     ]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as http:
-        result = await closed_loop(http, job["urls"], hooks, job["concurrency"])
+        result = await closed_loop(http, job["urls"], hooks, job["concurrency"], job["balance"])
     print(json.dumps({"sent": result.sent, "ok": result.ok, "seconds": result.seconds,
                       "statuses": dict(result.statuses), "answer_ms": result.answer_ms,
                       "by_index": result.by_index}), flush=True)

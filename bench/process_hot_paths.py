@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._process import (  # noqa: E402
+    BALANCES,
     TEXTVERIFIED_SECRET,
     BareServer,
     BenchFleet,
@@ -97,14 +98,15 @@ class Counter_:
 
 
 async def ingestion(fleet: BenchFleet, ids: Counter_, total: int, concurrency: int,
-                    bare: BareServer | None) -> dict[str, Any]:
-    """One closed-loop run against the fleet (round robin over its processes) and, when given, the bare server."""
+                    bare: BareServer | None, balance: str = "round-robin") -> dict[str, Any]:
+    """One closed-loop run against the fleet (spread over its processes by `balance`) and, when given, the bare
+    server."""
     assert fleet.http is not None
     first = ids.take(total)
     urls = [f"{p.url}/webhooks/twilio/sms" for p in fleet.processes]
     pids = [p.process.pid for p in fleet.processes if p.process]
     cpu = sum(cpu_seconds(pid) for pid in pids)
-    ours = await closed_loop_elsewhere(urls, fleet, first, total, concurrency)
+    ours = await closed_loop_elsewhere(urls, fleet, first, total, concurrency, balance)
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
     for offset, status in ours.by_index.items():
         fleet.posted.setdefault(first + offset, []).append(status)  # drained() waits for the accepted ones
@@ -316,8 +318,9 @@ async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, proces
                 ids = Counter_()
                 if args.cpu_quota:
                     pids = [p.process.pid for p in fleet.processes if p.process]
-                    quota = stack.enter_context(CpuQuota(args.cpu_quota, pids, fleet.run))
+                    quota = stack.enter_context(CpuQuota(args.cpu_quota, pids, fleet.run, args.cpu_period_ms * 1000))
                     result["cpu_quota"] = args.cpu_quota
+                    result["cpu_period_ms"] = args.cpu_period_ms
                 await asyncio.sleep(args.idle)
                 result["rss_idle_start_mb"] = [round(rss_mb(p.process.pid), 1) for p in fleet.processes if p.process]
                 # Warm-up: connections, prepared statements, the first import of every path.
@@ -340,7 +343,7 @@ async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, proces
                     runs = []
                     async with BareServer() as bare:
                         for _ in range(args.repeats):
-                            runs.append(await ingestion(fleet, ids, args.sms, args.concurrency, bare))
+                            runs.append(await ingestion(fleet, ids, args.sms, args.concurrency, bare, args.balance))
                     result["ingestion"] = runs
                     if "drain" not in skip:
                         result["drain"] = await drain_cost(fleet, args.drain_seconds)
@@ -369,7 +372,8 @@ def report(results: dict[int, dict[str, Any]], command: str) -> str:
         rows.append(f"| {figure} | {target} | {measured} | {'met' if met else 'NOT met' if met is not None else '–'} |")
 
     quota = (one or two or {}).get("cpu_quota")
-    capped = f", each `cumapp run` capped at {quota:g} of a core" if quota else ""
+    period = (one or two or {}).get("cpu_period_ms", 100)
+    capped = f", each `cumapp run` capped at {quota:g} of a core every {period} ms" if quota else ""
     if one and "ingestion" in one:
         runs = one["ingestion"]
         lost = sum(r["lost"] for r in runs)
@@ -397,7 +401,8 @@ def report(results: dict[int, dict[str, Any]], command: str) -> str:
     if one and two and "ingestion" in one and "ingestion" in two:
         scale = _best(two["ingestion"], "rate") / _best(one["ingestion"], "rate")
         lost = sum(r["lost"] for r in two["ingestion"])
-        row(f"two instances, ingestion{capped}", f"≥ {TARGETS['scale']} × one instance",
+        balance = results["args"]["balance"]
+        row(f"two instances, ingestion{capped}, {balance} balancing", f"≥ {TARGETS['scale']} × one instance",
             f"{_best(two['ingestion'], 'rate'):,.0f}/s: **{scale:.2f}×**; lost {lost}", scale >= TARGETS["scale"])
     if one and two and "relay" in one and "relay" in two:
         a, b = one["relay"], two["relay"]
@@ -423,7 +428,7 @@ def report(results: dict[int, dict[str, Any]], command: str) -> str:
 async def main(args: argparse.Namespace) -> None:
     admin_url = os.environ.get("TEST_DATABASE_URL") or "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     work = Path(tempfile.mkdtemp(prefix="cumapp-bench-hot."))
-    results: dict[Any, Any] = {"args": {"concurrency": args.concurrency, "load": args.load}}
+    results: dict[Any, Any] = {"args": {"concurrency": args.concurrency, "load": args.load, "balance": args.balance}}
     for processes in ([1, 2] if args.only == "both" else [1] if args.only == "one" else [2]):
         results[processes] = await one_fleet(admin_url, work, args, processes)
         print(json.dumps(results[processes]), flush=True)
@@ -443,6 +448,8 @@ if __name__ == "__main__":
     parser.add_argument("--skip", action="append", default=[], choices=["relay", "codes", "ingest", "drain"])
     parser.add_argument("--sms", type=int, default=1200, help="SMS per ingestion run (default 1,200)")
     parser.add_argument("--concurrency", type=int, default=48, help="requests in flight when ingesting (48)")
+    parser.add_argument("--balance", choices=BALANCES, default="round-robin",
+                        help="how the ingestion's requests are spread over two instances (round-robin)")
     parser.add_argument("--repeats", type=int, default=3, help="ingestion runs, each ours then bare (3)")
     parser.add_argument("--rate", type=float, default=25.0, help="SMS/s in the relay latency run (25)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the relay latency run (20 s)")
@@ -456,6 +463,8 @@ if __name__ == "__main__":
     parser.add_argument("--env", action="append", default=[], help="NAME=value for the cumapp processes")
     parser.add_argument("--cpu-quota", type=float, metavar="CORES",
                         help="cap each cumapp process at this much CPU (a cgroup each; root): a core of its own each")
+    parser.add_argument("--cpu-period-ms", type=int, default=100, metavar="MS",
+                        help="the quota's period (100, the kernel's default; 10 makes the share a steadier core)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--write", type=Path, help="write the Markdown table here (e.g. docs/perf/process.md)")
     parsed = parser.parse_args()

@@ -171,6 +171,8 @@ def test_caddyfile_is_valid_and_proxies_to_the_app_below_its_keepalive(tmp_path:
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     assert proxy["dynamic_upstreams"] == {"name": "app", "port": str(defaults.http_port), "refresh": 5_000_000_000,
                                           "source": "a"}
+    # An instance that pauses gets fewer requests rather than half of them (docs/perf/process.md, two instances).
+    assert proxy["load_balancing"]["selection_policy"] == {"policy": "least_conn"}
     idle_ns = proxy["transport"]["keep_alive"]["idle_timeout"]
     assert idle_ns < defaults.http_keepalive_seconds * 1e9  # never reuses a connection the app has closed
 

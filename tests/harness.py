@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+
 from bot.telegram import TelegramFrontEnd
 from core.messaging.service import build_messaging_service
+from core.models import OutboxDelivery
 from core.platform.db import Database
 from core.platform.outbox import OutboxDispatcher
 from core.services import Services, build_services
@@ -82,6 +86,19 @@ class TelegramHarness:
 
     async def answer_after(self, since: int, chat_id: int, timeout: float = 5.0) -> Call:
         return await self.fake.wait_for(lambda c: _answers(c, chat_id), timeout=timeout, since=since)
+
+
+async def deliveries_recorded(db: Database, timeout: float = 5.0) -> None:
+    """Until every chat message is recorded as sent. Replying to a relayed message needs its recorded message
+    id, which the dispatcher writes just after the chat API answered: a person is never that quick, a test is."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with db.read() as session:
+                if await session.scalar(
+                    select(OutboxDelivery.id).where(OutboxDelivery.platform_message_id.is_(None)).limit(1)
+                ) is None:
+                    return
+            await asyncio.sleep(0.01)
 
 
 def _answers(call: Call, chat_id: int) -> bool:

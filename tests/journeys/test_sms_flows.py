@@ -20,7 +20,7 @@ from bot.handlers import router
 from bot.handlers.screens import SentRef
 from bot.handlers.sms import split_recipient
 from core.messaging.service import MessagingService
-from core.models import ChatIdentity, Conversation, Message, OutboxDelivery, PhoneNumber
+from core.models import ChatIdentity, Conversation, Message, PhoneNumber
 from core.money.accounts import Contact
 from core.platform.db import Database
 from core.platform.outbox import OutboxDispatcher
@@ -29,6 +29,7 @@ from core.providers.twilio import TwilioProvider
 from core.services import Services, build_services
 from tests.core.messaging.test_service import give_number, sms_settings
 from tests.fakes.twilio_api import FakeTwilioServer
+from tests.harness import deliveries_recorded
 from webhooks import twilio as twilio_routes
 from webhooks import vonage as vonage_routes
 from webhooks.server import WebServer, create_app
@@ -87,15 +88,7 @@ class App:
 
     async def delivered(self) -> None:
         """Until every chat message is recorded as sent: replying in the chat needs the recorded message id."""
-        for _ in range(500):
-            async with self.services.db.read() as session:
-                waiting = await session.scalar(
-                    select(OutboxDelivery.id).where(OutboxDelivery.platform_message_id.is_(None)).limit(1)
-                )
-            if waiting is None:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the outbox did not record its deliveries")
+        await deliveries_recorded(self.services.db)
 
     async def buy_a_number(self) -> str:
         await self.type("/numbers")
@@ -323,14 +316,8 @@ async def test_telegram_reply_to_a_relayed_sms_and_the_reply_button(db: Database
 
         async def relayed(text: str) -> dict[str, Any]:
             call = await h.fake.wait_for(lambda c: c.method == "sendMessage" and text in str(c.params.get("text")))
-            for _ in range(500):  # a reply needs the delivery's message id on record
-                async with db.read() as session:
-                    if not await session.scalar(
-                        select(OutboxDelivery.id).where(OutboxDelivery.platform_message_id.is_(None)).limit(1)
-                    ):
-                        return call.result  # type: ignore[no-any-return]
-                await asyncio.sleep(0.01)
-            raise AssertionError("delivery not recorded")
+            await deliveries_recorded(db)  # a reply needs the delivery's message id on record
+            return call.result  # type: ignore[no-any-return]
 
         async def texts_at_twilio(count: int) -> list[str]:
             for _ in range(500):

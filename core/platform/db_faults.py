@@ -55,6 +55,10 @@ def _unavailable(error: BaseException, seen: set[int]) -> bool:
             return True
         if isinstance(current, OSError | TimeoutError):
             return True
+        # A pooled connection PostgreSQL closed while it waited, found dead as a transaction begins on it. asyncpg's
+        # InterfaceError otherwise means misuse, a defect: only this message is an outage.
+        if isinstance(current, asyncpg.exceptions.InterfaceError) and str(current) == "connection is closed":
+            return True
         orig = getattr(current, "orig", None)
         if isinstance(orig, BaseException) and id(orig) not in seen:
             if _unavailable(orig, seen):

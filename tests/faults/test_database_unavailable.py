@@ -16,6 +16,7 @@ from core.messaging.gateway import TWILIO_SMS_PATH
 from core.messaging.service import build_messaging_service
 from core.models import User
 from core.money.accounts import Contact
+from core.platform import bulk
 from core.platform.db import Database
 from core.platform.db_faults import database_unavailable
 from core.services import Services, build_services
@@ -67,6 +68,20 @@ async def test_a_refused_connection_counts_as_unavailable_a_bad_query_does_not(d
             session.add_all([User(id=7), User(id=7)])
     assert not database_unavailable(duplicate.value)
     assert not database_unavailable(ValueError("a defect of ours"))
+
+
+@pytest.mark.postgres_only
+async def test_a_pooled_connection_found_closed_as_its_transaction_begins_counts_as_unavailable(db: Database) -> None:
+    # As after a PostgreSQL restart: the pool hands out a connection the server closed, and the first thing done
+    # on it is beginning the transaction (bulk.driver_connection does that itself, past SQLAlchemy's wrapping).
+    async with db.sessionmaker() as session:
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.close()
+        with pytest.raises(Exception) as closed:
+            await bulk.driver_connection(session)
+        await connection.invalidate()
+    assert database_unavailable(closed.value), repr(closed.value)
 
 
 @pytest.mark.postgres_only

@@ -347,7 +347,8 @@ async def one_fleet(admin_url: str, work: Path, args: argparse.Namespace, proces
                     result["ingestion"] = runs
                     if "drain" not in skip:
                         result["drain"] = await drain_cost(fleet, args.drain_seconds)
-                    await fleet.drained(args.sms * args.repeats / 25 + 60)
+                    if not args.leave_backlog:  # left for a burst too large to send at 30/s within the run
+                        await fleet.drained(args.sms * args.repeats / 25 + 60)
                 await asyncio.sleep(args.idle)
                 result["rss_idle_after_mb"] = [round(rss_mb(p.process.pid), 1) for p in fleet.processes if p.process]
                 result["telegram_429"] = fleet.telegram.too_many_requests
@@ -455,6 +456,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the relay latency run (20 s)")
     parser.add_argument("--drain-seconds", type=float, default=15.0,
                         help="after the ingestion runs, how long the backlog's drain is measured (15 s)")
+    parser.add_argument("--leave-backlog", action="store_true",
+                        help="after the drain's measurement, stop without waiting for the backlog to be sent")
     parser.add_argument("--codes", type=int, default=100, help="verification codes (100)")
     parser.add_argument("--code-rate", type=float, default=5.0, help="codes per second (5)")
     parser.add_argument("--warm-codes", type=int, default=25, help="codes first sent to warm the path, apart (25)")

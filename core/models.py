@@ -61,6 +61,7 @@ DELIVERY_STATES = ("pending", "sending", "sent", "parked", "cancelled")
 # A delivery still holding its place in its chat's queue (outbox.ACTIVE_STATES), as SQL with the states inline:
 # a partial index is only used for a condition the planner can match without knowing bound values.
 ACTIVE_DELIVERY = text("state IN ('pending', 'sending')")
+PENDING_DELIVERY = text("state = 'pending'")
 BROADCAST_STATES = ("draft", "running", "paused", "cancelled", "finished")
 RECIPIENT_STATES = ("pending", "sending", "sent", "failed", "blocked", "skipped")
 
@@ -494,9 +495,13 @@ class OutboxDelivery(Base):
         Index("ix_outbox_deliveries_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_deliveries_chat", "platform", "chat_id", "id"),
         # Whether a chat has something waiting (outbox.chat_busy, on every inbound SMS) without walking its
-        # sent history: only the few active rows are in it.
-        Index("ix_outbox_deliveries_active_chat", "platform", "chat_id", postgresql_where=ACTIVE_DELIVERY,
+        # sent history: only the few active rows are in it. By id too, for the claim's check of a candidate's
+        # chat for an earlier one (core/platform/outbox/claim_plan.py).
+        Index("ix_outbox_deliveries_active_chat", "platform", "chat_id", "id", postgresql_where=ACTIVE_DELIVERY,
               sqlite_where=ACTIVE_DELIVERY),
+        # The claim's walk, in its order, over the pending rows only.
+        Index("ix_outbox_deliveries_pending_order", text("priority DESC"), "id", postgresql_where=PENDING_DELIVERY,
+              sqlite_where=PENDING_DELIVERY),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.platform.db import Database
+from core.platform.outbox.claim_plan import CLAIM_PLAN_SETTINGS
 from core.platform.outbox.wake import listen_dsn, wait
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class InstanceLiveness:
             return False
         statement = "SELECT pg_try_advisory_xact_lock(:ns, :key)"
         if plan_claim:
-            statement += ", set_config('enable_nestloop', 'off', true)"
+            statement += f", {CLAIM_PLAN_SETTINGS}"
         free = await session.scalar(text(statement), {"ns": NAMESPACE, "key": self.key})
         if free:
             self.lost()

@@ -30,6 +30,7 @@ from core.models import ChatIdentity, OutboxDelivery
 from core.platform import bulk, driver_sql
 from core.platform.clock import utcnow
 from core.platform.db import Database, dialect_insert
+from core.platform.outbox.claim_plan import CLAIM_PLAN_SETTINGS
 from core.platform.outbox.liveness import InstanceLiveness
 from core.platform.outbox.messages import OutgoingMessage
 from core.platform.outbox.wake import (
@@ -292,16 +293,10 @@ def clip(value: str | None, limit: int) -> str | None:
 
 
 async def prepare_claim_plan(session: AsyncSession) -> None:
-    """Keep PostgreSQL from checking a chat's earlier deliveries row by row, whatever its statistics say.
-
-    With statistics that think pending rows are rare (a fresh table, or a burst after a quiet month) the planner
-    picks a nested loop that walks each candidate chat's whole history, or rescans the table per candidate: a
-    claim of 5,000 backlogged rows measured ~2 s that way. A hash anti-join over the active rows costs the same
-    as the backlog, and is what the planner chooses anyway once its statistics are right. SET LOCAL ends with
-    the transaction.
-    """
+    """The planner settings of core/platform/outbox/claim_plan.py, for this transaction (a claim must be its last
+    query): the claim walks the pending rows in order and stops at its limit, rather than reading the backlog."""
     if session.bind.dialect.name == "postgresql":
-        await session.execute(text("SET LOCAL enable_nestloop = off"))
+        await session.execute(text(f"SELECT {CLAIM_PLAN_SETTINGS}"))
 
 
 def claim_statement(
@@ -322,20 +317,24 @@ def _claim_select(platforms: tuple[str, ...], lock_rows: bool, mine_first: bool)
     # Built once: the dispatcher claims after every commit that enqueued, and building this statement (the
     # aliased anti-join above all) cost more CPU than running it.
     earlier = aliased(OutboxDelivery, name="earlier")
-    # SQLite answers this with a range of ix_outbox_deliveries_chat per candidate; PostgreSQL with a hash
-    # anti-join over the active rows (see prepare_claim_plan), which does not grow with the sent history.
-    earlier_waiting = exists().where(
+    # Both databases take the candidates in order from ix_outbox_deliveries_pending_order until the limit and
+    # probe ix_outbox_deliveries_active_chat for each (see claim_plan.py): a claim reads what it claims, not the
+    # sent history nor the whole backlog.
+    earlier_waiting = select(literal_column("1")).where(
         earlier.platform == OutboxDelivery.platform,
         earlier.chat_id == OutboxDelivery.chat_id,
         earlier.id < OutboxDelivery.id,
-        earlier.state.in_(ACTIVE_STATES),
+        # Inline, as the partial indexes' own conditions: a generic plan could not use them with bound states.
+        earlier.state.in_([literal_column(f"'{state}'") for state in ACTIVE_STATES]),
     )
+    if lock_rows:  # PostgreSQL: a subquery per candidate, never a join (claim_plan.py)
+        earlier_waiting = earlier_waiting.offset(literal_column("0"))
     now = bindparam("b_now", type_=OutboxDelivery.__table__.c.next_attempt_at.type)
     conditions = [
-        OutboxDelivery.state == "pending",
+        OutboxDelivery.state == literal_column("'pending'"),
         OutboxDelivery.next_attempt_at <= now,
         OutboxDelivery.platform.in_(platforms),
-        ~earlier_waiting,
+        ~earlier_waiting.exists(),
     ]
     if mine_first:
         conditions.append(

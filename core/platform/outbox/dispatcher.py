@@ -272,7 +272,8 @@ class OutboxDispatcher:
             limit = min(self.batch_size, room) if self.liveness.alive else 0
             if self._in_flight and limit < self._claim_chunk:
                 # Sends are still queued for the flood budget: a claim now would fetch one delivery per completed
-                # send, and each claim reads the whole backlog. Claimed once half the slots are free, the budget
+                # send, each a transaction that walks the waiting rows up to its limit (and over all the rows of
+                # chats still being sent to, claim_plan.py). Claimed once half the slots are free, the budget
                 # still has the other half to send meanwhile.
                 limit = 0
             try:

@@ -267,7 +267,13 @@ async def test_miniapp_journeys(running: Running) -> None:
             await playwright_api.expect(bob_page.locator("#available")).to_have_text("Available: $20.00")
             # Bob's first visit (an empty browser cache) is the one measured: the dashboard's first meaningful
             # paint, when the balance and activity are drawn, and every byte the page fetched.
-            await bob_page.wait_for_function("performance.getEntriesByName('dashboard-ready').length > 0")
+            # A promise the page resolves, not wait_for_function: Playwright evals that predicate's text inside the
+            # page, which the Mini App's Content-Security-Policy (no 'unsafe-eval') rightly refuses.
+            await asyncio.wait_for(bob_page.evaluate("""() => new Promise(resolve => {
+                const ready = () => performance.getEntriesByName('dashboard-ready').length > 0
+                    ? resolve(true) : requestAnimationFrame(ready);
+                ready();
+            })"""), timeout=10)
             paint_ms, transferred = await bob_page.evaluate("""() => [
                 performance.getEntriesByName('dashboard-ready')[0].startTime,
                 [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')]

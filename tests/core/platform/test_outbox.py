@@ -278,8 +278,9 @@ async def test_retry_after_is_honoured(db: Database) -> None:
     first, second = sender.attempts
     assert first.error is not None and second.error is None
     gap = second.started_at - first.at
-    # Exactly what the platform asked for: not earlier, and not left to the (30 s) poll either.
-    assert 0.3 <= gap < 0.45, gap
+    # What the platform asked for: not earlier, and not left to the (30 s) poll either. The upper bound leaves room
+    # for a loaded CI machine (0.63 s seen once, with SQLite), far below the poll.
+    assert 0.3 <= gap < 2.0, gap
     row = (await _rows(db))[delivery_id]
     assert (row.state, row.attempts) == ("sent", 2)
     assert metrics.registry.get_sample_value(

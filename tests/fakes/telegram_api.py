@@ -1130,7 +1130,7 @@ class FakeTelegramServer:
         event.set()
 
     def _summary(self) -> str:
-        return ", ".join(f"{c.method}({c.status})" for c in self.calls if c.method != "getUpdates") or "none"
+        return ", ".join(_described(c) for c in self.calls if c.method != "getUpdates") or "none"
 
     # -- failure injection, blocking, flood limits ----------------------------------------------
 
@@ -1891,3 +1891,14 @@ __all__ = [
     "parse_html",
     "utf16_len",
 ]
+
+
+def _described(call: Call) -> str:
+    """`method(status)`, with the message ids and the start of the text of a message sent or edited: a failed wait
+    then shows which message was which."""
+    if call.method not in ("sendMessage", "editMessageText"):
+        return f"{call.method}({call.status})"
+    edited = call.params.get("message_id")
+    sent = call.result.get("message_id") if isinstance(call.result, dict) else None
+    text = str(call.params.get("text", ""))[:40].replace("\n", " ")
+    return f"{call.method}({call.status}{f' #{edited}' if edited else ''}{f' -> #{sent}' if sent else ''} {text!r})"

@@ -4,10 +4,14 @@ message can no longer be edited)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import select
 
-from core.models import ChatIdentity, Message, User
+from core.models import ChatIdentity, KeyValue, Message, User
 from core.platform.db import Database
+from core.providers.sandbox_sms import SandboxSmsProvider
+from core.providers.sms import StatusUpdate
 from tests.core.messaging.test_service import give_number
 from tests.journeys import test_sms_flows
 from tests.journeys.test_sms_flows import SENDER, App
@@ -75,13 +79,41 @@ async def test_telegram_edits_the_status_message_and_sends_anew_only_when_it_is_
         assert len(cards) == 1  # queued, sent and delivered were one message
 
         # The user deleted the message before the news came: it comes once as a new message, then edits that.
+        # The test gives the news itself, once the message is deleted and a step at a time: the sandbox's own,
+        # 0.3 s after the send, could come before the deletion on a busy machine (the edit then lands) and was this
+        # journey's one CI failure.
+        sandbox = h.services.messaging.providers["sandbox"]
+        assert isinstance(sandbox, SandboxSmsProvider)
+        sandbox.status_delay_seconds = 3600
         since = len(h.fake.calls)
         gone = await h.command(ann, "/sms +14155550199 Second one")
         await h.front.application.bot.delete_message(chat_id=ann.id, message_id=gone["message_id"])
+        sent_sms = await _status_card_recorded(db)
+
+        async def tell(status: str) -> None:
+            assert await h.services.messaging.apply_status(StatusUpdate(sent_sms, status, provider="sandbox"))
+
+        await tell("sent")
         resent = await h.fake.wait_for(
             lambda c: c.ok and c.method == "sendMessage" and "SMS to" in str(c.params.get("text"))
             and c.result["message_id"] != gone["message_id"], since=since,
         )
+        assert "✓ sent" in str(resent.params["text"])
+        await tell("delivered")
         assert "✓✓ delivered" in await settled(resent.result["message_id"])
         news = [c for c in h.fake.calls[since:] if c.method == "sendMessage" and "SMS to" in str(c.params)]
         assert len(news) == 2  # the answer, and the one new status message that replaced it
+
+
+async def _status_card_recorded(db: Database, within: float = 5.0) -> str:
+    """The provider id of the newest SMS sent, once the chat message that shows its status is recorded (the
+    answer reaches the chat a moment before it is), so that news about it has a message to edit."""
+    for _ in range(int(within / 0.05)):
+        async with db.read() as session:
+            message = await session.scalar(
+                select(Message).where(Message.direction == "outbound").order_by(Message.id.desc()).limit(1))
+            if message is not None and message.provider_message_id and await session.scalar(
+                    select(KeyValue.key).where(KeyValue.key == f"smsref:{message.id}")):
+                return message.provider_message_id
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no status message recorded for the newest SMS within {within} s")
